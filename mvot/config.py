@@ -1,0 +1,231 @@
+"""Typed, validated view of ``params.yaml``.
+
+``params.yaml`` is the one source of truth. It is grouped by pipeline stage (``generate``,
+``render``, ...); every group becomes a frozen pydantic model whose fields carry their
+range and a docstring. Loading fails *before any work* with a :class:`ConfigError` whose
+message names the key, the value found and what is allowed, e.g.::
+
+    params.yaml: generate.maze.sizes[0] = 9: must be <= 8 (input should be less than or equal to 8)
+
+Derived values (image size, canvas size) are properties, never extra keys.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
+
+TASKS: tuple[str, ...] = ("frozenlake", "maze", "minibehavior")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+class ConfigError(ValueError):
+    """A params file is missing, unreadable or holds a bad value. The message says how to fix it."""
+
+
+class _Section(BaseModel):
+    # extra="forbid": an unknown (e.g. misspelt) key is an error, never silently ignored.
+    # strict: "3" is not 3, 1.5 is not an int; YAML gives real types, so strings are typos.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _range(lo: int, hi: int, what: str):
+    """An inclusive ``[min, max]`` pair of ints, each within ``[lo, hi]``."""
+    item = Annotated[int, Strict(), Field(ge=lo, le=hi)]
+    # YAML has lists, not tuples: the container is lax, its items stay strict ints
+    return Annotated[tuple[item, item], Field(strict=False, description=f"[min, max] {what}, each in {lo}..{hi}")]
+
+
+class SplitSizes(_Section):
+    """Number of instances per split."""
+
+    train: int = Field(ge=1, le=10_000_000, description="training instances")
+    val: int = Field(ge=1, le=10_000_000, description="validation instances")
+    test: int = Field(ge=1, le=10_000_000, description="test instances")
+
+    def of(self, split: str) -> int:
+        return int(getattr(self, split))
+
+
+class _TaskGen(_Section):
+    splits: SplitSizes
+    """How many instances each split gets."""
+
+    @model_validator(mode="after")
+    def _check_ranges(self):
+        for name in ("steps", "extra_actions", "furniture"):
+            pair = getattr(self, name, None)
+            if pair is not None and pair[0] > pair[1]:
+                raise ValueError(f"{name} = {list(pair)}: min must not exceed max")
+        sizes = self.sizes
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"sizes = {list(sizes)}: sizes must be distinct")
+        return self
+
+
+_FL_SIZE = Annotated[int, Strict(), Field(ge=3, le=8)]
+_MAZE_SIZE = Annotated[int, Strict(), Field(ge=3, le=8)]
+_MB_SIZE = Annotated[int, Strict(), Field(ge=6, le=12)]
+
+
+class FrozenLakeGen(_TaskGen):
+    """FROZENLAKE instances (DESIGN.md 2.1)."""
+
+    sizes: tuple[_FL_SIZE, ...] = Field(strict=False, min_length=1, description="grid sides, each 3..8")
+    hole_prob: float = Field(ge=0.05, le=0.6, description="chance that a tile is a hole")
+    steps: _range(1, 40, "visualised actions per instance")
+    extra_actions: _range(0, 10, "actions listed after the episode ended (not visualised)")
+
+
+class MazeGen(_TaskGen):
+    """MAZE instances (DESIGN.md 2.1)."""
+
+    sizes: tuple[_MAZE_SIZE, ...] = Field(strict=False, min_length=1, description="grid sides, each 3..8")
+    steps: _range(1, 60, "actions (= path length) per instance")
+
+
+class MiniBehaviorGen(_TaskGen):
+    """MINIBEHAVIOR (InstallingAPrinter) instances; rooms include their walls."""
+
+    sizes: tuple[_MB_SIZE, ...] = Field(strict=False, min_length=1, description="room sides with walls, 6..12")
+    steps: _range(1, 60, "visualised actions per instance")
+    furniture: _range(0, 6, "blocking single-cell furniture pieces besides the table")
+    extra_actions: _range(0, 10, "actions listed after the episode ended (not visualised)")
+
+
+class GenerateConfig(_Section):
+    """The ``generate`` stage: worlds -> instances -> rendered states."""
+
+    workers: int = Field(ge=0, le=256, description="worker processes; 0 = one per CPU core")
+    val_share: float = Field(gt=0.0, lt=0.5, description="share of layouts reserved for val")
+    test_share: float = Field(gt=0.0, lt=0.5, description="share of layouts reserved for test")
+    contact_sheet: int = Field(ge=1, le=32, description="instances shown on each contact sheet")
+    frozenlake: FrozenLakeGen
+    maze: MazeGen
+    minibehavior: MiniBehaviorGen
+
+    @model_validator(mode="after")
+    def _check_shares(self):
+        if self.val_share + self.test_share >= 0.9:
+            raise ValueError(
+                f"val_share + test_share = {self.val_share + self.test_share:g}: "
+                "must stay below 0.9 so that training keeps most layouts"
+            )
+        return self
+
+    def task(self, task: str) -> FrozenLakeGen | MazeGen | MiniBehaviorGen:
+        return getattr(self, task)
+
+
+class TaskRender(_Section):
+    """Image geometry of one task. Grids are drawn top-left on a square canvas that fits
+    the largest grid of the task, so every cell is ``cell_px`` pixels and cells line up
+    with the image tokenizer's patches whatever the grid size."""
+
+    cell_px: int = Field(ge=8, le=128, multiple_of=4, description="pixels per grid cell")
+
+
+class RenderConfig(_Section):
+    frozenlake: TaskRender
+    maze: TaskRender
+    minibehavior: TaskRender
+
+    def task(self, task: str) -> TaskRender:
+        return getattr(self, task)
+
+
+class Params(_Section):
+    """All of ``params.yaml``."""
+
+    seed: int = Field(ge=0, le=2**31 - 1, description="root seed of every random draw")
+    generate: GenerateConfig
+    render: RenderConfig
+
+    def canvas_cells(self, task: str) -> int:
+        """Side of the square canvas in cells: the largest grid the task generates."""
+        return max(self.generate.task(task).sizes)
+
+    def image_size(self, task: str) -> int:
+        """Side of every image of ``task`` in pixels (derived: cell_px x canvas cells)."""
+        return self.render.task(task).cell_px * self.canvas_cells(task)
+
+
+# --------------------------------------------------------------------------------------
+# Loading and error messages
+
+
+def _fmt_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section that holds ``loc[-1]``."""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return sorted(model.model_fields)
+
+
+def _explain(err: dict[str, Any]) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    key = _fmt_loc(loc) or "(top level)"
+    kind = err["type"]
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        allowed = ", ".join(_allowed_keys(Params, loc)) or "none"
+        return f"{key}: unknown key (value {value!r}); allowed keys here: {allowed}"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    ctx = err.get("ctx") or {}
+    bound = {
+        "greater_than_equal": ("must be >= {ge}", "ge"),
+        "less_than_equal": ("must be <= {le}", "le"),
+        "greater_than": ("must be > {gt}", "gt"),
+        "less_than": ("must be < {lt}", "lt"),
+        "multiple_of": ("must be a multiple of {multiple_of}", "multiple_of"),
+    }.get(kind)
+    if bound and bound[1] in ctx:
+        allowed = bound[0].format(**ctx)
+    elif kind.endswith("_type") or kind in ("int_from_float", "bool_parsing"):
+        allowed = f"wrong type {type(value).__name__}"
+    else:
+        allowed = "not allowed"
+    msg = err["msg"]
+    if kind == "value_error":  # our own validators already name key and value
+        return f"{key}: {msg.removeprefix('Value error, ')}"
+    return f"{key} = {value!r}: {allowed} ({msg[0].lower() + msg[1:]})"
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate an already-loaded mapping; raise :class:`ConfigError` listing every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{source}: {_explain(e)}" for e in exc.errors()]
+        hint = "Fix the value(s) above in the params file (see README, 'Parameters')."
+        raise ConfigError("\n".join([*lines, hint])) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file. Every problem is a :class:`ConfigError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found; run from the repository root or pass --params PATH")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, str(path))
