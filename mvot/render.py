@@ -22,7 +22,7 @@ Legend (also drawn on the contact sheets):
 * FROZENLAKE: ice-blue frozen tile, green-framed start, dark-blue hole, gold goal (gift),
   red disc = agent.
 * MAZE: white passages, black walls, tinted candidate cells with their letter (A blue,
-  B green, C orange, D violet), red dot = start, red arrows = path so far (the last arrow
+  B green, C orange, D pink), red dot = start, red arrows = path so far (the last arrow
   head marks the agent).
 * MINIBEHAVIOR: dark walls, beige floor, brown table, teal furniture, grey printer box,
   red triangle = agent (with a printer badge while carrying it).
@@ -88,7 +88,7 @@ class _FrozenLakePainter:
             d.rectangle([px // 2 - w // 2 - 0, m, px // 2 + (w - 1) // 2, px - 1 - m], fill=self.GOAL_RIBBON)
             d.rectangle([m, px // 2 - w // 2, px - 1 - m, px // 2 + (w - 1) // 2], fill=self.GOAL_RIBBON)
         if agent:
-            a = _unit(px, 0.3)
+            a = _unit(px, 0.22)
             d.ellipse([a, a, px - 1 - a, px - 1 - a], fill=RED, outline=(90, 0, 0))
 
     def assemble(self, keys: dict[Cell, Key], n: int, agent_score: dict[Cell, float]) -> FrozenLakeState:
@@ -115,7 +115,7 @@ class _MiniBehaviorPainter:
     TABLE: RGB = (150, 95, 45)
     TABLE_EDGE: RGB = (100, 60, 25)
     FURNITURE: RGB = (60, 125, 135)
-    PRINTER: RGB = (120, 120, 130)
+    PRINTER: RGB = (35, 35, 45)
     PAPER: RGB = (252, 252, 252)
     KEYS = ("wall", "floor", "table", "furniture", "printer", "printer_on_table", "agent", "agent_carrying")
 
@@ -144,9 +144,9 @@ class _MiniBehaviorPainter:
 
     def _printer(self, d: ImageDraw.ImageDraw, box: tuple[int, int, int, int], px: int) -> None:
         x0, y0, x1, y1 = box
-        d.rectangle([x0, y0 + (y1 - y0) // 3, x1, y1], fill=self.PRINTER, outline=(40, 40, 45))
+        d.rectangle([x0, y0 + (y1 - y0) // 3, x1, y1], fill=self.PRINTER)
         inset = max(1, (x1 - x0) // 4)
-        d.rectangle([x0 + inset, y0, x1 - inset, y0 + (y1 - y0) // 3], fill=self.PAPER, outline=(40, 40, 45))
+        d.rectangle([x0 + inset, y0, x1 - inset, y0 + (y1 - y0) // 3], fill=self.PAPER, outline=self.PRINTER)
 
     def draw(self, d: ImageDraw.ImageDraw, key: Key, px: int) -> None:
         full = [0, 0, px - 1, px - 1]
@@ -162,7 +162,7 @@ class _MiniBehaviorPainter:
             d.rectangle([m // 2, m // 2, px - 1 - m // 2, px - 1 - m // 2], fill=self.FURNITURE)
             d.line([m, px // 2, px - 1 - m, px // 2], fill=(30, 70, 80), width=_unit(px, 0.08))
         if key in ("printer", "printer_on_table"):
-            self._printer(d, (m, m, px - 1 - m, px - 1 - m), px)
+            self._printer(d, (m // 2, m // 2, px - 1 - m // 2, px - 1 - m // 2), px)
         if key in ("agent", "agent_carrying"):
             d.polygon([(px // 2, m), (px - 1 - m, px - 1 - m), (m, px - 1 - m)], fill=RED)
             if key == "agent_carrying":
@@ -191,8 +191,8 @@ class _MiniBehaviorPainter:
 class _MazePainter:
     PASSAGE: RGB = (255, 255, 255)
     WALL: RGB = (0, 0, 0)
-    TINT: dict[str, RGB] = {"A": (185, 210, 255), "B": (185, 240, 185), "C": (255, 215, 170), "D": (225, 195, 250)}
-    INK: dict[str, RGB] = {"A": (20, 60, 170), "B": (20, 120, 30), "C": (170, 80, 0), "D": (110, 40, 160)}
+    TINT: dict[str, RGB] = {"A": (165, 195, 255), "B": (165, 240, 165), "C": (255, 205, 145), "D": (255, 175, 225)}
+    INK: dict[str, RGB] = {"A": (20, 60, 170), "B": (20, 110, 30), "C": (150, 80, 0), "D": (150, 30, 110)}
 
     def keys(self, s: MazeState) -> dict[Cell, Key]:
         inn: dict[Cell, str] = {}
@@ -275,6 +275,21 @@ class _MazePainter:
                 break
             path.append(nxt)
         return MazeState(n, "".join(down + right), start, candidates, tuple(path))
+
+
+def _redness(rgb: np.ndarray) -> np.ndarray:
+    """How red each pixel is, saturating in [0, 1]: R minus the larger of G and B, where the
+    candidate tints stay at 0 and washed-out reds (JPEG, blur, VQ) still count fully."""
+    rgb = np.asarray(rgb, np.float32)
+    return np.clip((rgb[..., 0] - np.maximum(rgb[..., 1], rgb[..., 2]) - 55.0) / 45.0, 0.0, 1.0)
+
+
+def _chroma(patch: np.ndarray) -> np.ndarray:
+    """Mean colour of a patch's non-red pixels with each pixel's brightness removed (3 values)."""
+    pix = np.asarray(patch, np.float32).reshape(-1, 3)
+    keep = _redness(pix) < 0.5
+    pix = pix[keep] if keep.any() else pix
+    return (pix - pix.mean(1, keepdims=True)).mean(0)
 
 
 def _opposite(move: str) -> str:
@@ -432,10 +447,13 @@ class Renderer:
 
     @cached_property
     def _maze_parts(self):
+        """Templates of the three factors MAZE reads apart: label colour, red marks, walls."""
         px, w = self.cell_px, self.painter.wall(self.cell_px)
-        content = self.painter.content_keys()
         no_walls = (False,) * 4
-        interior = np.stack([self.patch((no_walls, *k)) for k in content]).astype(np.float32)[:, w : px - w, w : px - w]
+        labels = ("", *"ABCD")
+        label_chroma = np.stack([_chroma(self.patch((no_walls, lab, False, "", ""))[w : px - w, w : px - w]) for lab in labels])
+        flows = sorted({k[1:] for k in self.painter.content_keys()})  # (start, in, out)
+        red = np.stack([_redness(self.patch((no_walls, "", *f)).astype(np.float32))[w : px - w, w : px - w] for f in flows])
         # edge strips without the corners and without the middle, where arrows cross
         third = max(1, (px - 2 * w) // 3)
         spans = [slice(w, w + third), slice(px - w - third, px - w)]
@@ -445,29 +463,37 @@ class Renderer:
             "left": [(s, slice(0, w)) for s in spans],
             "right": [(s, slice(px - w, px)) for s in spans],
         }
-        return content, interior, strips
+        outside = self.patch(OUTSIDE).astype(np.float32)[w : px - w, w : px - w]
+        return labels, label_chroma, flows, red, strips, outside
 
     def _read_maze(self, cells: np.ndarray):
-        content, interior, strips = self._maze_parts
+        labels, label_chroma, flows, red, strips, outside_t = self._maze_parts
         px, w = self.cell_px, self.painter.wall(self.cell_px)
-        d = self._sqdist(np.ascontiguousarray(cells[:, w : px - w, w : px - w]), interior)
-        best = d.argmin(1)
-        inside = d.min(1)
-        outside = self._sqdist(np.ascontiguousarray(cells[:, w : px - w, w : px - w]), self._templates[1][-1:, w : px - w, w : px - w])[:, 0]
-        wall_rgb = np.array(self.painter.WALL, np.float32)
+        inner = np.ascontiguousarray(cells[:, w : px - w, w : px - w])
+        # label: mean colour (luminance removed) of the interior's non-red pixels
+        chroma = np.stack([_chroma(c) for c in inner])
+        label_cost = ((chroma[:, None, :] - label_chroma[None, :, :]) ** 2).sum(-1)
+        lab_i = label_cost.argmin(1)
+        # start dot and arrows: nearest template on the redness map only
+        flow_cost = self._sqdist(_redness(inner), red)
+        flow_i = flow_cost.argmin(1)
+        # walls: an edge strip much darker than the cell's own background is a wall
+        lum = inner.mean(-1)
+        bg = np.median(lum.reshape(len(cells), -1), axis=1)
         keys: list[Key] = []
         for i in range(len(cells)):
-            lab, start, inn, out = content[best[i]]
-            bg = np.array(self.painter.TINT.get(lab, self.painter.PASSAGE), np.float32)
-            walls = []
-            for m in DIRS:
-                pix = np.concatenate([cells[i][a, b].reshape(-1, 3) for a, b in strips[m]])
-                dw = ((pix - wall_rgb) ** 2).sum(1).mean()
-                do = ((pix - bg) ** 2).sum(1).mean()
-                walls.append(bool(dw < do))
-            keys.append((tuple(walls), lab, start, inn, out))
-        is_start = np.array([k[1] for k in content])
-        start_cost = d[:, is_start].min(1) - d[:, ~is_start].min(1)
+            walls = tuple(
+                bool(np.concatenate([cells[i][a, b].mean(-1).reshape(-1) for a, b in strips[m]]).mean() < 0.5 * bg[i])
+                for m in DIRS
+            )
+            keys.append((walls, labels[lab_i[i]], *flows[flow_i[i]]))
+        # grid-size evidence on one scale: the cell against the drawing of what was read vs outside
+        no_walls = (False,) * 4
+        drawn = np.stack([self.patch((no_walls, *k[1:]))[w : px - w, w : px - w] for k in keys]).astype(np.float32)
+        inside = ((inner - drawn) ** 2).mean(axis=(1, 2, 3))
+        outside = ((inner - outside_t[None]) ** 2).mean(axis=(1, 2, 3))
+        is_start = np.array([f[0] for f in flows])
+        start_cost = flow_cost[:, is_start].min(1) - flow_cost[:, ~is_start].min(1)
         N = self.canvas_cells
         start_score = {(i // N, i % N): float(start_cost[i]) for i in range(len(cells))}
         return keys, inside, outside, start_score
