@@ -1,0 +1,42 @@
+"""Benchmarks that print figures (never timed assertions in tests)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from mvot.config import Params
+from mvot.data import _png, draw_instance
+from mvot.render import Renderer
+
+
+def bench_generate(params: Params, n: int, tasks) -> list[dict]:
+    """Instances per second for drawing, rendering and PNG-encoding, one process, per task,
+    plus the projected wall time of the task's default data with all workers."""
+    rows = []
+    for task in tasks:
+        renderer = Renderer.from_params(params, task)
+        t0 = time.perf_counter()
+        insts = [draw_instance(params, task, "train", i) for i in range(n)]
+        t1 = time.perf_counter()
+        frames = [renderer.render_array(s) for inst in insts for s in inst.states]
+        t2 = time.perf_counter()
+        for f in frames:
+            _png(f)
+        t3 = time.perf_counter()
+        total = sum(params.generate.task(task).splits.of(s) for s in ("train", "val", "test"))
+        per_inst = (t3 - t0) / n
+        workers = params.generate.workers or os.cpu_count() or 1
+        rows.append({
+            "task": task,
+            "instances": n,
+            "frames": len(frames),
+            "draw_inst_per_s": round(n / (t1 - t0), 1),
+            "render_frames_per_s": round(len(frames) / (t2 - t1), 1),
+            "png_frames_per_s": round(len(frames) / (t3 - t2), 1),
+            "end_to_end_inst_per_s": round(n / (t3 - t0), 1),
+            "default_instances": total,
+            "projected_default_s": round(total * per_inst / workers, 1),
+            "workers": workers,
+        })
+    return rows

@@ -1,0 +1,92 @@
+import copy
+
+import pytest
+
+from mvot.cli import main
+from mvot.config import ConfigError, load_params, parse_params
+
+
+def _bad(raw, path, value):
+    raw = copy.deepcopy(raw)
+    node = raw
+    for key in path[:-1]:
+        node = node[key]
+    if value is KeyError:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    return str(err.value)
+
+
+def test_repository_params_are_valid(params):
+    assert params.image_size("frozenlake") == params.render.frozenlake.cell_px * max(params.generate.frozenlake.sizes)
+    assert params.canvas_cells("minibehavior") == 10
+
+
+def test_unknown_key_is_named_with_allowed_keys(raw_params):
+    msg = _bad(raw_params, ["generate", "maze", "stepz"], [1, 4])
+    assert "generate.maze.stepz: unknown key" in msg
+    assert "allowed keys here: sizes, splits, steps" in msg
+
+
+def test_out_of_range_names_key_value_and_bound(raw_params):
+    msg = _bad(raw_params, ["generate", "frozenlake", "sizes"], [3, 9])
+    assert "generate.frozenlake.sizes[1] = 9: must be <= 8" in msg
+    msg = _bad(raw_params, ["render", "maze", "cell_px"], 10)
+    assert "render.maze.cell_px = 10: must be a multiple of 4" in msg
+    msg = _bad(raw_params, ["generate", "frozenlake", "hole_prob"], 0.9)
+    assert "generate.frozenlake.hole_prob = 0.9: must be <= 0.6" in msg
+
+
+def test_wrong_type_is_named(raw_params):
+    msg = _bad(raw_params, ["generate", "maze", "splits", "train"], "100")
+    assert "generate.maze.splits.train = '100': wrong type str" in msg
+    msg = _bad(raw_params, ["seed"], 1.5)
+    assert "seed = 1.5: wrong type float" in msg
+
+
+def test_cross_field_rules(raw_params):
+    assert "steps = [5, 2]: min must not exceed max" in _bad(raw_params, ["generate", "maze", "steps"], [5, 2])
+    assert "sizes = [3, 3]: sizes must be distinct" in _bad(raw_params, ["generate", "maze", "sizes"], [3, 3])
+    raw = copy.deepcopy(raw_params)
+    raw["generate"]["test_share"] = 0.45
+    assert "val_share + test_share = 0.9: must stay below 0.9" in _bad(raw, ["generate", "val_share"], 0.45)
+    assert "required key is missing" in _bad(raw_params, ["render", "maze"], KeyError)
+
+
+def test_every_problem_is_reported_at_once(raw_params):
+    raw = copy.deepcopy(raw_params)
+    raw["seed"] = -1
+    raw["generate"]["maze"]["sizes"] = [2]
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    assert "seed = -1" in str(err.value) and "generate.maze.sizes[0] = 2" in str(err.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+    bad.write_text("- just a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_params(bad)
+
+
+def test_cli_stops_before_any_work(tmp_path, raw_params, capsys):
+    import yaml
+
+    raw = copy.deepcopy(raw_params)
+    raw["generate"]["maze"]["steps"] = [0, 5]
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "raw"
+    code = main(["--params", str(p), "generate", "--task", "maze", "--out", str(out)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "generate.maze.steps[0] = 0: must be >= 1" in err
+    assert not out.exists()
