@@ -15,8 +15,8 @@ So no layout of test appears in train or val, and the test set does not change w
 the train size does.
 
 **Determinism.** Instance ``i`` of a split is drawn from its own generator seeded by
-``(seed, task, split, i)``; answer letter and grid size are assigned round-robin from ``i``,
-which balances both in every split. Workers only parallelise; the bytes written are the
+``(seed, task, split, i)``; answer letter and grid size are assigned from ``i`` by
+:func:`balanced_cell`, which balances both in every split. Workers only parallelise; the bytes written are the
 same for the same params.
 """
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -40,7 +41,14 @@ from PIL import Image, ImageDraw, ImageFont
 from mvot.config import SPLITS, TASKS, Params
 from mvot.render import Renderer
 from mvot.traces import action_text
-from mvot.worlds import GenerationRetry, Instance, InvalidInstance, instance_from_json, letters, world
+from mvot.worlds import (
+    GenerationRetry,
+    Instance,
+    InvalidInstance,
+    instance_from_json,
+    letters,
+    world,
+)
 from mvot.worlds.base import stable_hash
 
 MAX_DRAWS = 20_000  # per instance, before we give up and say the params ask for the impossible
@@ -60,13 +68,20 @@ def split_of_layout(task: str, key: str, val_share: float, test_share: float) ->
     return "train"
 
 
+def balanced_cell(index: int, answers: str, sizes: tuple[int, ...]) -> tuple[str, int]:
+    """Answer letter and grid size of instance ``index``: every prefix of a split is balanced
+    in both to within one instance, and every (letter, size) pair recurs equally often."""
+    n_a, n_s = len(answers), len(sizes)
+    shift = index // math.lcm(n_a, n_s)  # rotate sizes against letters after each joint cycle
+    return answers[index % n_a], sizes[(index % n_s + shift) % n_s]
+
+
 def draw_instance(params: Params, task: str, split: str, index: int) -> Instance:
     """Instance ``index`` of ``split``: deterministic in (seed, task, split, index)."""
     cfg = params.generate.task(task)
     mod = world(task)
     sizes, abc = cfg.sizes, letters(task)
-    size = sizes[index % len(sizes)]
-    target = abc[(index // len(sizes)) % len(abc)]
+    target, size = balanced_cell(index, abc, sizes)
     rng = np.random.default_rng([params.seed, TASKS.index(task), SPLITS.index(split), index])
     uid = f"{task}-{split}-{index:06d}"
     for _ in range(MAX_DRAWS):

@@ -22,7 +22,7 @@ Legend (also drawn on the contact sheets):
 * FROZENLAKE: ice-blue frozen tile, green-framed start, dark-blue hole, gold goal (gift),
   red disc = agent.
 * MAZE: white passages, black walls, tinted candidate cells with their letter (A blue,
-  B green, C orange, D pink), red dot = start, red arrows = path so far (the last arrow
+  B green, C yellow, D violet), red dot = start, red arrows = path so far (the last arrow
   head marks the agent).
 * MINIBEHAVIOR: dark walls, beige floor, brown table, teal furniture, grey printer box,
   red triangle = agent (with a printer badge while carrying it).
@@ -191,8 +191,8 @@ class _MiniBehaviorPainter:
 class _MazePainter:
     PASSAGE: RGB = (255, 255, 255)
     WALL: RGB = (0, 0, 0)
-    TINT: dict[str, RGB] = {"A": (165, 195, 255), "B": (165, 240, 165), "C": (255, 205, 145), "D": (255, 175, 225)}
-    INK: dict[str, RGB] = {"A": (20, 60, 170), "B": (20, 110, 30), "C": (150, 80, 0), "D": (150, 30, 110)}
+    TINT: dict[str, RGB] = {"A": (140, 180, 255), "B": (150, 235, 150), "C": (250, 230, 120), "D": (215, 165, 255)}
+    INK: dict[str, RGB] = {"A": (20, 50, 160), "B": (20, 100, 30), "C": (110, 95, 0), "D": (100, 30, 150)}
 
     def keys(self, s: MazeState) -> dict[Cell, Key]:
         inn: dict[Cell, str] = {}
@@ -227,7 +227,7 @@ class _MazePainter:
             font = ImageFont.load_default(size=max(6, round(px * 0.45)))
             d.text((w, w - _unit(px, 0.15)), label, fill=self.INK[label], font=font)
         c = (px - 1) / 2
-        lw = _unit(px, 0.12)
+        lw = _unit(px, 0.19)
         edge = {"up": (c, 0), "down": (c, px - 1), "left": (0, c), "right": (px - 1, c)}
         if out:
             d.line([(c, c), edge[out]], fill=RED, width=lw)
@@ -281,7 +281,7 @@ def _redness(rgb: np.ndarray) -> np.ndarray:
     """How red each pixel is, saturating in [0, 1]: R minus the larger of G and B, where the
     candidate tints stay at 0 and washed-out reds (JPEG, blur, VQ) still count fully."""
     rgb = np.asarray(rgb, np.float32)
-    return np.clip((rgb[..., 0] - np.maximum(rgb[..., 1], rgb[..., 2]) - 55.0) / 45.0, 0.0, 1.0)
+    return np.clip((rgb[..., 0] - np.maximum(rgb[..., 1], rgb[..., 2]) - 40.0) / 40.0, 0.0, 1.0)
 
 
 def _chroma(patch: np.ndarray) -> np.ndarray:

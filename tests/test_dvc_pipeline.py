@@ -1,0 +1,64 @@
+"""`dvc repro generate` end to end in a throwaway git repository with a tiny profile."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, TASKS, tiny_raw
+
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd, cwd):
+    env = os.environ | {"DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"{cmd} failed:\n{res.stdout}\n{res.stderr}"
+    return res.stdout
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, raw_params):
+    d = tmp_path_factory.mktemp("repo")
+    for name in ("mvot", "dvc.yaml", ".dvcignore", ".gitignore"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, d / name)
+    (d / ".dvc").mkdir()
+    shutil.copy(ROOT / ".dvc" / "config", d / ".dvc" / "config")
+    shutil.copy(ROOT / ".dvc" / ".gitignore", d / ".dvc" / ".gitignore")
+    (d / "params.yaml").write_text(yaml.safe_dump(tiny_raw(raw_params, train=16, val=4, test=8)))
+    _run(["git", "init", "-q"], d)
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], d)
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], d)
+    return d
+
+
+def test_repro_status_push_pull(repo):
+    _run(["dvc", "repro", "generate"], repo)
+    for task in TASKS:
+        assert (repo / "data" / "raw" / task / "test.jsonl").is_file()
+        assert (repo / "data" / "contact" / f"{task}.png").is_file()
+    assert "up to date" in _run(["dvc", "status"], repo).lower()
+    again = _run(["dvc", "repro", "generate"], repo)
+    assert "didn't change" in again and "Running stage" not in again
+    shown = _run(["dvc", "metrics", "show"], repo)
+    assert "data/stats/maze.json" in shown
+    # the default remote is a folder inside the working tree, ignored by git
+    _run(["dvc", "push"], repo)
+    assert any((repo / ".dvcstore").rglob("*"))
+    shutil.rmtree(repo / "data" / "raw")
+    _run(["dvc", "pull"], repo)
+    assert (repo / "data" / "raw" / "maze" / "train.jsonl").is_file()
+    assert "up to date" in _run(["dvc", "status"], repo).lower()
+
+
+def test_a_params_change_reruns_only_its_task(repo):
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["generate"]["maze"]["steps"] = [1, 6]
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw))
+    out = _run(["dvc", "repro", "generate"], repo)
+    assert "generate@maze" in out and "Running stage 'generate@frozenlake'" not in out

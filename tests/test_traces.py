@@ -1,0 +1,51 @@
+from mvot import traces
+from mvot.worlds import maze
+from mvot.worlds.base import Instance
+from tests.conftest import TASKS, draw
+
+MAZE_PROMPT_START = (
+    "Task: Maze Navigation Simulation\nDetermine the final destination (A, B, C or D) from the starting point "
+    "(red point) following the action sequence. The definitions of the actions are as below. \n* Go up/left/down/right: "
+    "move one grid space in the absolute up/left/down/right direction. \nFull Action Sequence: "
+)
+
+
+def test_maze_prompt_is_the_papers():
+    s = maze.MazeState(3, "TTTTFTFFFFFFFTFTTF", (1, 2), ((0, 0), (0, 2), (2, 1), (1, 1)), ((1, 2),))
+    states, ans = maze.run(s, ("down", "left"))
+    assert ans == "C"
+    inst = Instance("maze", "m", ("down", "left"), states, ans)
+    t = traces.build(inst, "mvot")
+    assert t.text() == (
+        MAZE_PROMPT_START + "Go down. Go left. \nInitial maze: <image 0>\nResponse: "
+        "Go down. <image 1> Go left. <image 2> Action sequence finished. The answer is C."
+    )
+    assert traces.build(inst, "direct").text().endswith("<image 0>\nResponse: The answer is C.")
+
+
+def test_variants_share_prompt_and_differ_in_output(params):
+    for task in TASKS:
+        inst = draw(task, params, 5)
+        built = {v: traces.build(inst, v) for v in traces.VARIANTS}
+        prompts = {v: [p for p in t.parts if not p.output] for v, t in built.items()}
+        assert all(p == prompts["direct"] for p in prompts.values())
+        assert built["direct"].images == [0]
+        assert built["cot"].images == [0]
+        assert built["mvot"].images == list(range(inst.n_steps + 1))
+        assert built["interleaved"] == traces.Trace("interleaved", built["mvot"].parts)
+        for t in built.values():
+            assert traces.parse_answer(t.text()) == inst.answer
+        # every listed action (also those after the end) is in the question
+        assert traces.question(inst).count("Go ") + traces.question(inst).count("printer_0.") >= len(inst.actions)
+
+
+def test_cot_steps_carry_coordinates_and_inventory(params):
+    inst = draw("minibehavior", params, 2)
+    text = traces.build(inst, "cot", layout_text=True).text()
+    assert "The agent is at" in text and "Carrying objects:" in text
+    assert traces.cot_step(inst, 1).startswith(traces.action_text("minibehavior", inst.actions[0]))
+
+
+def test_parse_answer():
+    assert traces.parse_answer("blah. The answer is C.") == "C"
+    assert traces.parse_answer("The answer is") is None
