@@ -214,14 +214,18 @@ def load_image(task_dir: str | Path, split: str, uid: str, k: int) -> Image.Imag
         raise DataError(f"{path}: cannot read {uid}/{k}.png ({exc}); regenerate with `dvc repro -f generate`") from None
 
 
-def verify_task(params: Params, task: str, task_dir: Path, parse_every: int = 25) -> dict[str, list[str]]:
+def verify_task(
+    params: Params, task: str, task_dir: Path, parse_every: int = 25
+) -> tuple[dict[str, list[Instance]], dict[str, list[str]]]:
     """Check what was written: records replay to their states and answers, every state has
     its image, every ``parse_every``-th image parses back to its state, and layouts are
-    disjoint across splits. Returns the layout keys per split; raises :class:`DataError`."""
+    disjoint across splits. Returns the instances and layout keys per split; raises
+    :class:`DataError`."""
     renderer = Renderer.from_params(params, task)
     layouts: dict[str, list[str]] = {}
+    splits: dict[str, list[Instance]] = {}
     for split in SPLITS:
-        insts = read_split(task_dir, split)
+        insts = splits[split] = read_split(task_dir, split)
         records = [json.loads(line) for line in (task_dir / f"{split}.jsonl").read_text().splitlines()]
         layouts[split] = [r["layout"] for r in records]
         with zipfile.ZipFile(task_dir / f"{split}.images.zip") as zf:
@@ -239,7 +243,7 @@ def verify_task(params: Params, task: str, task_dir: Path, parse_every: int = 25
         for b in SPLITS:
             if a < b and set(layouts[a]) & set(layouts[b]):
                 raise DataError(f"{task}: splits {a} and {b} share layouts; the split assignment is broken")
-    return layouts
+    return splits, layouts
 
 
 def split_stats(insts: list[Instance], layouts: list[str]) -> dict:
@@ -328,10 +332,10 @@ def generate_task(
             generate_split(params, task, split, tmp, progress=(bar.update if bar else None))
         if bar:
             bar.close()
-        layouts = verify_task(params, task, tmp)
+        insts, layouts = verify_task(params, task, tmp)
         stats = {"task": task, "image_size": params.image_size(task), "cell_px": params.render.task(task).cell_px}
-        stats["splits"] = {s: split_stats(read_split(tmp, s), layouts[s]) for s in SPLITS}
-        sheet_insts = _sheet_instances(read_split(tmp, "train"), params.generate.contact_sheet, task)
+        stats["splits"] = {s: split_stats(insts[s], layouts[s]) for s in SPLITS}
+        sheet_insts = _sheet_instances(insts["train"], params.generate.contact_sheet, task)
         sheet = contact_sheet(sheet_insts, Renderer.from_params(params, task))
         sheet_tmp = sheet_dir / f".{task}.png.tmp"
         sheet.save(sheet_tmp, format="PNG")

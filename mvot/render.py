@@ -284,12 +284,14 @@ def _redness(rgb: np.ndarray) -> np.ndarray:
     return np.clip((rgb[..., 0] - np.maximum(rgb[..., 1], rgb[..., 2]) - 40.0) / 40.0, 0.0, 1.0)
 
 
-def _chroma(patch: np.ndarray) -> np.ndarray:
-    """Mean colour of a patch's non-red pixels with each pixel's brightness removed (3 values)."""
-    pix = np.asarray(patch, np.float32).reshape(-1, 3)
-    keep = _redness(pix) < 0.5
-    pix = pix[keep] if keep.any() else pix
-    return (pix - pix.mean(1, keepdims=True)).mean(0)
+def _chroma(patches: np.ndarray) -> np.ndarray:
+    """Per patch, the mean colour of its non-red pixels with each pixel's brightness removed:
+    ``(N, h, w, 3) -> (N, 3)``. A patch with no non-red pixel uses all of them."""
+    pix = np.asarray(patches, np.float32).reshape(len(patches), -1, 3)
+    keep = (_redness(pix) < 0.5).astype(np.float32)
+    keep[keep.sum(1) == 0] = 1.0
+    centred = pix - pix.mean(-1, keepdims=True)
+    return (centred * keep[..., None]).sum(1) / keep.sum(1)[:, None]
 
 
 def _opposite(move: str) -> str:
@@ -451,18 +453,16 @@ class Renderer:
         px, w = self.cell_px, self.painter.wall(self.cell_px)
         no_walls = (False,) * 4
         labels = ("", *"ABCD")
-        label_chroma = np.stack([_chroma(self.patch((no_walls, lab, False, "", ""))[w : px - w, w : px - w]) for lab in labels])
+        label_chroma = _chroma(np.stack([self.patch((no_walls, lab, False, "", ""))[w : px - w, w : px - w] for lab in labels]))
         flows = sorted({k[1:] for k in self.painter.content_keys()})  # (start, in, out)
         red = np.stack([_redness(self.patch((no_walls, "", *f)).astype(np.float32))[w : px - w, w : px - w] for f in flows])
         # edge strips without the corners and without the middle, where arrows cross
         third = max(1, (px - 2 * w) // 3)
         spans = [slice(w, w + third), slice(px - w - third, px - w)]
-        strips = {
-            "up": [(slice(0, w), s) for s in spans],
-            "down": [(slice(px - w, px), s) for s in spans],
-            "left": [(s, slice(0, w)) for s in spans],
-            "right": [(s, slice(px - w, px)) for s in spans],
-        }
+        strips = np.zeros((4, px, px), dtype=np.float32)  # one mask per wall: up, down, left, right
+        for sp in spans:
+            strips[0, :w, sp] = strips[1, px - w :, sp] = strips[2, sp, :w] = strips[3, sp, px - w :] = 1.0
+        strips /= strips.sum(axis=(1, 2), keepdims=True)
         outside = self.patch(OUTSIDE).astype(np.float32)[w : px - w, w : px - w]
         return labels, label_chroma, flows, red, strips, outside
 
@@ -471,22 +471,19 @@ class Renderer:
         px, w = self.cell_px, self.painter.wall(self.cell_px)
         inner = np.ascontiguousarray(cells[:, w : px - w, w : px - w])
         # label: mean colour (luminance removed) of the interior's non-red pixels
-        chroma = np.stack([_chroma(c) for c in inner])
+        chroma = _chroma(inner)
         label_cost = ((chroma[:, None, :] - label_chroma[None, :, :]) ** 2).sum(-1)
         lab_i = label_cost.argmin(1)
         # start dot and arrows: nearest template on the redness map only
         flow_cost = self._sqdist(_redness(inner), red)
         flow_i = flow_cost.argmin(1)
         # walls: an edge strip much darker than the cell's own background is a wall
-        lum = inner.mean(-1)
-        bg = np.median(lum.reshape(len(cells), -1), axis=1)
-        keys: list[Key] = []
-        for i in range(len(cells)):
-            walls = tuple(
-                bool(np.concatenate([cells[i][a, b].mean(-1).reshape(-1) for a, b in strips[m]]).mean() < 0.5 * bg[i])
-                for m in DIRS
-            )
-            keys.append((walls, labels[lab_i[i]], *flows[flow_i[i]]))
+        bg = np.median(inner.mean(-1).reshape(len(cells), -1), axis=1)
+        strip_lum = np.einsum("nij,dij->nd", cells.mean(-1), strips)  # (cells, 4)
+        walls = strip_lum < 0.5 * bg[:, None]
+        keys: list[Key] = [
+            (tuple(bool(x) for x in walls[i]), labels[lab_i[i]], *flows[flow_i[i]]) for i in range(len(cells))
+        ]
         # grid-size evidence on one scale: the cell against the drawing of what was read vs outside
         no_walls = (False,) * 4
         drawn = np.stack([self.patch((no_walls, *k[1:]))[w : px - w, w : px - w] for k in keys]).astype(np.float32)
