@@ -40,3 +40,41 @@ def bench_generate(params: Params, n: int, tasks) -> list[dict]:
             "workers": workers,
         })
     return rows
+
+
+def _perturbations(renderer: Renderer, state, rng):
+    """The degraded versions of a clean render that ``bench_parse`` scores."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    img = renderer.render(state)
+    arr = np.asarray(img, dtype=np.float32)
+    yield "clean", img
+    yield "noise_sigma30", np.clip(arr + rng.normal(0, 30, arr.shape), 0, 255).astype(np.uint8)
+    yield "blur_radius1", img.filter(ImageFilter.GaussianBlur(1))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=50)
+    yield "jpeg_q50", Image.open(buf)
+    half = renderer.image_size // 2
+    yield "half_resolution", img.resize((half, half), Image.Resampling.BILINEAR)
+
+
+def bench_parse(params: Params, n: int, tasks) -> list[dict]:
+    """Share of states that ``parse`` reads back exactly, clean and under perturbations."""
+    import numpy as np
+
+    rows = []
+    for task in tasks:
+        renderer = Renderer.from_params(params, task)
+        rng = np.random.default_rng(0)
+        hits: dict[str, list[bool]] = {}
+        t0 = time.perf_counter()
+        for i in range(n):
+            for state in draw_instance(params, task, "test", i).states:
+                for name, img in _perturbations(renderer, state, rng):
+                    hits.setdefault(name, []).append(renderer.parse(img) == state)
+        rows.append({"task": task, "states": len(hits["clean"])} | {k: round(float(np.mean(v)), 4) for k, v in hits.items()}
+                    | {"parse_ms": round(1000 * (time.perf_counter() - t0) / sum(len(v) for v in hits.values()), 3)})
+    return rows

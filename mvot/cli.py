@@ -57,10 +57,11 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from mvot.bench import bench_generate
+    from mvot.bench import bench_generate, bench_parse
 
     params = load_params(args.params)
-    rows = bench_generate(params, args.n, args.task or TASKS)
+    fn = {"generate": bench_generate, "parse": bench_parse}[args.what]
+    rows = fn(params, args.n, args.task or TASKS)
     print(json.dumps(rows, indent=2))
     return 0
 
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(fn=cmd_import)
 
     b = sub.add_parser("bench", help="benchmarks that print figures")
-    b.add_argument("what", choices=["generate"], help="what to measure")
+    b.add_argument("what", choices=["generate", "parse"], help="generation speed, or parse accuracy under perturbations")
     b.add_argument("--n", type=int, default=300, help="instances per task")
     b.add_argument("--task", action="append", choices=TASKS)
     b.set_defaults(fn=cmd_bench)

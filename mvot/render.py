@@ -17,15 +17,16 @@ state. On clean renders it is exact; on noisy or decoded images it returns its b
 reading and never raises. ``read_cells`` exposes the per-cell reading itself, which is what
 the visualisation metrics compare.
 
-Legend (also drawn on the contact sheets):
+Legend:
 
 * FROZENLAKE: ice-blue frozen tile, green-framed start, dark-blue hole, gold goal (gift),
   red disc = agent.
 * MAZE: white passages, black walls, tinted candidate cells with their letter (A blue,
   B green, C yellow, D violet), red dot = start, red arrows = path so far (the last arrow
   head marks the agent).
-* MINIBEHAVIOR: dark walls, beige floor, brown table, teal furniture, grey printer box,
-  red triangle = agent (with a printer badge while carrying it).
+* MINIBEHAVIOR: dark walls, beige floor, brown table, teal furniture,
+  violet printer (white paper on top), red triangle = agent (with a printer
+  badge while carrying it).
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class _MiniBehaviorPainter:
     TABLE: RGB = (150, 95, 45)
     TABLE_EDGE: RGB = (100, 60, 25)
     FURNITURE: RGB = (60, 125, 135)
-    PRINTER: RGB = (35, 35, 45)
+    PRINTER: RGB = (110, 60, 160)
     PAPER: RGB = (252, 252, 252)
     KEYS = ("wall", "floor", "table", "furniture", "printer", "printer_on_table", "agent", "agent_carrying")
 
