@@ -46,6 +46,42 @@ def _print_stats(stats: dict) -> None:
         print(f"  {split:5s} n={s['instances']:6d} layouts={s['distinct_layouts']:6d} answers[{answers}] sizes[{sizes}] steps~{s['steps_mean']}")
 
 
+def _tracked(args: argparse.Namespace, experiment: str, run_name: str):
+    """An MLflow run (embedded sqlite store unless MLFLOW_TRACKING_URI says otherwise),
+    or a null tracker with --no-track."""
+    from contextlib import nullcontext
+
+    from mvot.tracking import NullTracker, start_run
+
+    return nullcontext(NullTracker()) if args.no_track else start_run(experiment, run_name)
+
+
+def cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    from mvot.tokenizers import run_stage
+
+    params = load_params(args.params)
+    with _tracked(args, "tokenizer", "tokenizer") as tracker:
+        m = run_stage(params, args.raw, args.out, args.metrics, tracker)
+    f = m["fidelity"]
+    for task, d in f.items():
+        print(f"{task:12s} cell fidelity {d['cell_fidelity']:.4%}  image fidelity {d['image_fidelity']:.4%}  ({d['frames']} held-out frames)")
+    cb = m["codebook"]
+    print(f"codebook: {cb['used_codes']}/{cb['size']} codes used, perplexity {cb['perplexity']:.1f}; vocabulary {m['vocab_size']} ids")
+    return 0
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from mvot.tokenize import tokenize_task
+
+    params = load_params(args.params)
+    for task in args.task or TASKS:
+        stats = tokenize_task(params, task, args.raw, args.tokenizer, args.out, args.stats_dir)
+        for split, by_var in stats["splits"].items():
+            line = "  ".join(f"{v}: mean {d['mean_len']:.0f} max {d['max_len']}" for v, d in by_var.items())
+            print(f"{task} {split}: {line}")
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from mvot.importer import import_mvot
 
@@ -84,6 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sheet-dir", default="data/contact")
     g.set_defaults(fn=cmd_generate)
 
+    t = sub.add_parser("train-tokenizer", help="train and freeze the image and text tokenizers (DVC stage 'tokenizer')")
+    t.add_argument("--raw", default="data/raw")
+    t.add_argument("--out", default="models/tokenizer")
+    t.add_argument("--metrics", default="metrics/tokenizer.json")
+    t.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    t.set_defaults(fn=cmd_train_tokenizer)
+
+    k = sub.add_parser("tokenize", help="traces of every variant -> token arrays (DVC stage 'tokenize')")
+    k.add_argument("--task", action="append", choices=TASKS)
+    k.add_argument("--raw", default="data/raw")
+    k.add_argument("--tokenizer", default="models/tokenizer")
+    k.add_argument("--out", default="data/tokens")
+    k.add_argument("--stats-dir", default="metrics/tokens")
+    k.set_defaults(fn=cmd_tokenize)
+
     i = sub.add_parser("import-mvot", help="import the MVoT paper's released data format")
     i.add_argument("path", help="a maze gridN.json, a frozenlake levelN directory, or a folder holding them")
     i.add_argument("--out", default="data/imported", help="where to write <task>/<name>.jsonl")
@@ -103,11 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from mvot.data import DataError
+    from mvot.tracking import TrackingError
+    from mvot.vocab import VocabError
+    from mvot.vq import CheckpointError
     from mvot.worlds import InvalidInstance
 
     try:
         return int(args.fn(args) or 0)
-    except (ConfigError, CliError, DataError, InvalidInstance) as exc:
+    except (ConfigError, CliError, DataError, InvalidInstance, CheckpointError, VocabError, TrackingError) as exc:
         print(f"mvot {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

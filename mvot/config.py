@@ -137,12 +137,57 @@ class RenderConfig(_Section):
         return getattr(self, task)
 
 
+class TokenizerConfig(_Section):
+    """The ``tokenizer`` stage: the image VQ tokenizer and the text tokenizer, then frozen."""
+
+    patch_px: int = Field(ge=2, le=128, description="pixels per image-token side; tokens per image = (image side / patch_px)^2")
+    codebook_size: int = Field(ge=16, le=65536, description="number of image codes")
+    code_dim: int = Field(ge=4, le=1024, description="dimension of a code embedding")
+    hidden: int = Field(ge=16, le=4096, description="width of the per-patch encoder/decoder")
+    depth: int = Field(ge=0, le=16, description="residual blocks in encoder and in decoder")
+    steps: int = Field(ge=1, le=1_000_000, description="optimiser steps")
+    batch: int = Field(ge=8, le=1_000_000, description="patches per step (capped at the number of distinct patches)")
+    lr: float = Field(gt=0.0, le=1.0, description="AdamW learning rate (cosine decay to 10%)")
+    augment_max_k: int = Field(ge=0, le=32, description="input images get k encode->decode round trips, k uniform in 0..this (paper: 8)")
+    fidelity_frames: int = Field(ge=10, le=10_000_000, description="held-out (val) frames per task the fidelity is measured on")
+    text_vocab: int = Field(ge=300, le=65536, description="text tokenizer vocabulary size (byte-level BPE)")
+
+
+class TokenizeConfig(_Section):
+    """The ``tokenize`` stage: traces of every variant -> token arrays."""
+
+    variants: tuple[Annotated[str, Strict(), Field(pattern="^(direct|cot|interleaved|mvot)$")], ...] = Field(
+        strict=False, min_length=1, description="sequence variants to tokenize: direct, cot, interleaved, mvot"
+    )
+    cot_layout_text: bool = Field(description="CoT traces start with a text description of the layout")
+
+
 class Params(_Section):
     """All of ``params.yaml``."""
 
     seed: int = Field(ge=0, le=2**31 - 1, description="root seed of every random draw")
     generate: GenerateConfig
     render: RenderConfig
+    tokenizer: TokenizerConfig
+    tokenize: TokenizeConfig
+
+    @model_validator(mode="after")
+    def _check_patches(self):
+        p = self.tokenizer.patch_px
+        for task in TASKS:
+            cell = self.render.task(task).cell_px
+            if cell % p and p % cell:
+                raise ValueError(
+                    f"tokenizer.patch_px = {p} and render.{task}.cell_px = {cell}: one must divide the other "
+                    "so that image tokens line up with grid cells"
+                )
+            if self.image_size(task) % p:
+                raise ValueError(f"tokenizer.patch_px = {p} does not divide the {task} image side {self.image_size(task)}")
+        return self
+
+    def tokens_per_image(self, task: str) -> int:
+        """Image tokens of one ``task`` image (derived: (image side / patch_px)^2)."""
+        return (self.image_size(task) // self.tokenizer.patch_px) ** 2
 
     def canvas_cells(self, task: str) -> int:
         """Side of the square canvas in cells: the largest grid the task generates."""

@@ -193,7 +193,7 @@ class _MazePainter:
     PASSAGE: RGB = (255, 255, 255)
     WALL: RGB = (0, 0, 0)
     TINT: dict[str, RGB] = {"A": (140, 180, 255), "B": (150, 235, 150), "C": (250, 230, 120), "D": (215, 165, 255)}
-    INK: dict[str, RGB] = {"A": (20, 50, 160), "B": (20, 100, 30), "C": (110, 95, 0), "D": (100, 30, 150)}
+    INK: dict[str, RGB] = {"A": (20, 50, 160), "B": (20, 100, 30), "C": (70, 95, 0), "D": (100, 30, 150)}
 
     def keys(self, s: MazeState) -> dict[Cell, Key]:
         inn: dict[Cell, str] = {}
