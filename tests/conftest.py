@@ -56,3 +56,33 @@ def draw(task: str, params: Params, seed: int, size: int | None = None, target: 
             return world(task).generate(rng, size, target, cfg, f"{task}-{seed}")
         except GenerationRetry:
             continue
+
+
+def tiny_tokenizer_raw(raw: dict) -> dict:
+    """A tokenizer that trains in seconds on the tiny profile's data."""
+    raw = tiny_raw(raw)
+    raw["tokenizer"] |= {"codebook_size": 512, "hidden": 64, "depth": 1, "steps": 250, "lr": 0.003,
+                         "fidelity_frames": 40, "text_vocab": 400}
+    return raw
+
+
+@pytest.fixture(scope="session")
+def tiny_generated(tmp_path_factory, tiny_params):
+    """The tiny profile's data of every task, generated once per session."""
+    from mvot import data
+
+    root = tmp_path_factory.mktemp("gen")
+    stats = {t: data.generate_task(tiny_params, t, root / "raw", root / "stats", root / "contact") for t in TASKS}
+    return root, stats
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory, tiny_generated, raw_params):
+    """Both tokenizers trained on the tiny data (no tracking): (params, tokenizer dir, metrics)."""
+    from mvot.tokenizers import run_stage
+
+    params = parse_params(tiny_tokenizer_raw(raw_params))
+    root, _ = tiny_generated
+    out = tmp_path_factory.mktemp("tok")
+    metrics = run_stage(params, root / "raw", out / "tokenizer", out / "tokenizer.json")
+    return params, out / "tokenizer", metrics

@@ -17,10 +17,8 @@ def _digest(root):
 
 
 @pytest.fixture(scope="module")
-def generated(tmp_path_factory, tiny_params):
-    root = tmp_path_factory.mktemp("gen")
-    stats = {t: data.generate_task(tiny_params, t, root / "raw", root / "stats", root / "contact") for t in TASKS}
-    return root, stats
+def generated(tiny_generated):
+    return tiny_generated
 
 
 def test_outputs_stats_and_balance(generated, tiny_params):

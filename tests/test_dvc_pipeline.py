@@ -1,4 +1,4 @@
-"""`dvc repro generate` end to end in a throwaway git repository with a tiny profile."""
+"""`dvc repro` end to end in a throwaway git repository with a tiny profile."""
 
 import os
 import shutil
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TASKS, tiny_raw
+from tests.conftest import ROOT, TASKS, tiny_tokenizer_raw
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,10 @@ def repo(tmp_path_factory, raw_params):
     (d / ".dvc").mkdir()
     shutil.copy(ROOT / ".dvc" / "config", d / ".dvc" / "config")
     shutil.copy(ROOT / ".dvc" / ".gitignore", d / ".dvc" / ".gitignore")
-    (d / "params.yaml").write_text(yaml.safe_dump(tiny_raw(raw_params, train=16, val=4, test=8)))
+    raw = tiny_tokenizer_raw(raw_params)
+    for task in TASKS:
+        raw["generate"][task]["splits"] = {"train": 16, "val": 4, "test": 8}
+    (d / "params.yaml").write_text(yaml.safe_dump(raw))
     _run(["git", "init", "-q"], d)
     _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], d)
     _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], d)
@@ -38,15 +41,24 @@ def repo(tmp_path_factory, raw_params):
 
 
 def test_repro_status_push_pull(repo):
-    _run(["dvc", "repro", "generate"], repo)
+    _run(["dvc", "repro"], repo)
     for task in TASKS:
         assert (repo / "data" / "raw" / task / "test.jsonl").is_file()
         assert (repo / "data" / "contact" / f"{task}.png").is_file()
+        assert (repo / "data" / "tokens" / task / "train" / "mvot" / "tokens.npy").is_file()
+    assert (repo / "models" / "tokenizer" / "vq.safetensors").is_file()
     assert "up to date" in _run(["dvc", "status"], repo).lower()
-    again = _run(["dvc", "repro", "generate"], repo)
+    again = _run(["dvc", "repro"], repo)
     assert "didn't change" in again and "Running stage" not in again
     shown = _run(["dvc", "metrics", "show"], repo)
-    assert "data/stats/maze.json" in shown
+    assert "data/stats/maze.json" in shown and "metrics/tokenizer.json" in shown
+    # the tokenizer run went to the repository's embedded MLflow store
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tokenizer")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1 and "fidelity/all/image_fidelity" in runs[0].data.metrics
     # the default remote is a folder inside the working tree, ignored by git
     _run(["dvc", "push"], repo)
     assert any((repo / ".dvcstore").rglob("*"))
@@ -62,3 +74,5 @@ def test_a_params_change_reruns_only_its_task(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(raw))
     out = _run(["dvc", "repro", "generate"], repo)
     assert "generate@maze" in out and "Running stage 'generate@frozenlake'" not in out
+    status = _run(["dvc", "status"], repo)
+    assert "tokenizer" in status and "tokenize@maze" in status and "generate" not in status
