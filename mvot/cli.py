@@ -12,10 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-from mvot.config import SPLITS, TASKS, ConfigError, load_params
+from mvot.config import SPLITS, TASKS, load_params
+from mvot.errors import MvotError
 
 
-class CliError(RuntimeError):
+class CliError(MvotError, RuntimeError):
     """A user-facing failure: printed without a traceback, exit code 1."""
 
 
@@ -153,15 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from mvot.data import DataError
-    from mvot.tracking import TrackingError
-    from mvot.vocab import VocabError
-    from mvot.vq import CheckpointError
-    from mvot.worlds import InvalidInstance
-
     try:
         return int(args.fn(args) or 0)
-    except (ConfigError, CliError, DataError, InvalidInstance, CheckpointError, VocabError, TrackingError) as exc:
+    except MvotError as exc:
         print(f"mvot {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -18,11 +18,13 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
+from mvot.errors import MvotError
+
 TASKS: tuple[str, ...] = ("frozenlake", "maze", "minibehavior")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
-class ConfigError(ValueError):
+class ConfigError(MvotError, ValueError):
     """A params file is missing, unreadable or holds a bad value. The message says how to fix it."""
 
 

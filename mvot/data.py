@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mvot.config import SPLITS, TASKS, Params
+from mvot.errors import MvotError
 from mvot.render import Renderer
 from mvot.traces import action_text
 from mvot.worlds import (
@@ -55,7 +56,7 @@ MAX_DRAWS = 20_000  # per instance, before we give up and say the params ask for
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
-class DataError(RuntimeError):
+class DataError(MvotError, RuntimeError):
     """Data on disk is missing, corrupt or inconsistent; the message names the file and the fix."""
 
 
@@ -98,12 +99,6 @@ def draw_instance(params: Params, task: str, split: str, index: int) -> Instance
     )
 
 
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr, "RGB").save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
 @dataclass
 class _Chunk:
     lines: list[str]
@@ -118,7 +113,7 @@ def _make_chunk(params: Params, task: str, split: str, start: int, stop: int) ->
         inst = draw_instance(params, task, split, i)
         record = inst.to_json() | {"split": split, "layout": mod.layout_key(inst.states[0])}
         lines.append(json.dumps(record, separators=(",", ":"), sort_keys=True))
-        images += [(f"{inst.uid}/{k}.png", _png(renderer.render_array(s))) for k, s in enumerate(inst.states)]
+        images += [(f"{inst.uid}/{k}.png", renderer.png(s)) for k, s in enumerate(inst.states)]
     return _Chunk(lines, images)
 
 

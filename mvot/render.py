@@ -365,9 +365,11 @@ class Renderer:
         return Image.fromarray(self.render_array(state), "RGB")
 
     def png(self, state) -> bytes:
-        """PNG bytes of ``state`` (deterministic for a given Pillow/zlib)."""
+        """PNG bytes of ``state`` (deterministic for a given Pillow/zlib). zlib level 1:
+        encoding dominates data generation, and level 6 would make files ~40% smaller at
+        ~35% more time."""
         buf = io.BytesIO()
-        self.render(state).save(buf, format="PNG", optimize=False, compress_level=6)
+        self.render(state).save(buf, format="PNG", optimize=False, compress_level=1)
         return buf.getvalue()
 
     # -- reading ------------------------------------------------------------------------

@@ -19,10 +19,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mvot.errors import MvotError
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
-class TrackingError(RuntimeError):
+class TrackingError(MvotError, RuntimeError):
     """The tracking backend cannot be used; the message says which and how to fix it."""
 
 

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mvot.errors import MvotError
 
-class VocabError(ValueError):
+
+class VocabError(MvotError, ValueError):
     """A token sequence breaks the vocabulary's rules (e.g. an image span of the wrong length)."""
 
 

@@ -34,8 +34,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from vector_quantize_pytorch import VectorQuantize
 
+from mvot.errors import MvotError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(MvotError, RuntimeError):
     """A tokenizer checkpoint is missing, truncated or does not match its config."""
 
 

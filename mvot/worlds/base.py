@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from mvot.errors import MvotError
+
 Cell = tuple[int, int]  # (row, col), row 0 at the top
 
 MOVES: dict[str, Cell] = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
@@ -21,7 +23,7 @@ class GenerationRetry(Exception):
     """This random draw cannot produce the requested instance; draw again."""
 
 
-class InvalidInstance(ValueError):
+class InvalidInstance(MvotError, ValueError):
     """An instance record contradicts its world's rules (wrong answer, impossible move...)."""
 
 
