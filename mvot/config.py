@@ -164,6 +164,55 @@ class TokenizeConfig(_Section):
     cot_layout_text: bool = Field(description="CoT traces start with a text description of the layout")
 
 
+class ModelConfig(_Section):
+    """The backbone (mvot/model.py)."""
+
+    d_model: int = Field(ge=16, le=16384, description="hidden size")
+    n_layer: int = Field(ge=1, le=128, description="transformer blocks")
+    n_head: int = Field(ge=1, le=128, description="attention heads")
+    d_ff: int = Field(ge=16, le=65536, description="MLP width")
+    max_len: int = Field(ge=64, le=131072, description="longest sequence (positions)")
+    pretrained: str | None = Field(default=None, description="local transformers checkpoint dir; null = from scratch")
+    lora_r: int = Field(default=0, ge=0, le=1024, description="LoRA rank for a pretrained backbone; 0 = full fine-tuning")
+    lora_alpha: int = Field(default=16, ge=1, le=4096, description="LoRA alpha")
+
+    @model_validator(mode="after")
+    def _check_heads(self):
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model = {self.d_model} must be a multiple of n_head = {self.n_head}")
+        return self
+
+
+class DiscrepancyConfig(_Section):
+    """Token discrepancy loss L_D (DESIGN.md 2.4); weight 0 switches it off."""
+
+    weight: float = Field(ge=0.0, le=100.0, description="w in L = L_C + w * L_D (paper: 1)")
+    distance: str = Field(pattern="^(euclidean|mse)$", description="euclidean (released code) or mse (paper)")
+    reduction: str = Field(pattern="^(mean|sum)$", description="mean (released code) or sum (paper)")
+
+
+class TrainConfig(_Section):
+    """The ``train`` stage: one model over all tasks per variant."""
+
+    variant: str = Field(pattern="^(direct|cot|interleaved|mvot)$", description="sequence variant trained on")
+    tasks: tuple[Annotated[str, Strict(), Field(pattern="^(frozenlake|maze|minibehavior)$")], ...] = Field(
+        strict=False, min_length=1, description="tasks mixed into one model"
+    )
+    model: ModelConfig
+    ld: DiscrepancyConfig
+    steps: int = Field(ge=1, le=10_000_000, description="optimiser steps")
+    batch_tokens: int = Field(ge=64, le=10_000_000, description="tokens per micro-batch (padding included)")
+    grad_accum: int = Field(ge=1, le=1024, description="micro-batches per optimiser step")
+    lr: float = Field(gt=0.0, le=1.0, description="peak AdamW learning rate")
+    warmup: int = Field(ge=0, le=1_000_000, description="linear warm-up steps, then cosine decay to 10%")
+    weight_decay: float = Field(ge=0.0, le=1.0)
+    clip: float = Field(gt=0.0, le=1000.0, description="gradient-norm clip")
+    label_smoothing: float = Field(ge=0.0, lt=1.0, description="cross-entropy label smoothing (paper: 0.1)")
+    augment: bool = Field(description="swap the input image for a random encode->decode variant (tokenizer.augment_max_k)")
+    checkpoint_every: int = Field(ge=1, le=10_000_000, description="steps between checkpoints")
+    log_every: int = Field(ge=1, le=10_000_000, description="steps between logged metrics")
+
+
 class Params(_Section):
     """All of ``params.yaml``."""
 
@@ -172,6 +221,7 @@ class Params(_Section):
     render: RenderConfig
     tokenizer: TokenizerConfig
     tokenize: TokenizeConfig
+    train: TrainConfig
 
     @model_validator(mode="after")
     def _check_patches(self):

@@ -86,3 +86,16 @@ def tiny_tokenizer(tmp_path_factory, tiny_generated, raw_params):
     out = tmp_path_factory.mktemp("tok")
     metrics = run_stage(params, root / "raw", out / "tokenizer", out / "tokenizer.json")
     return params, out / "tokenizer", metrics
+
+
+@pytest.fixture(scope="session")
+def tiny_tokens(tmp_path_factory, tiny_tokenizer, tiny_generated):
+    """Token arrays of every task of the tiny data: (params, tokenizer dir, tokens dir)."""
+    from mvot.tokenize import tokenize_task
+
+    params, tok_dir, _ = tiny_tokenizer
+    root, _ = tiny_generated
+    out = tmp_path_factory.mktemp("tokens")
+    for t in TASKS:
+        tokenize_task(params, t, root / "raw", tok_dir, out / "tokens", out / "stats")
+    return params, tok_dir, out / "tokens"

@@ -1,0 +1,315 @@
+"""The training loop: L_C (+ w * L_D) over whole traces, on CPU or GPU, resumable exactly.
+
+Whole-trace training (DESIGN.md 2.2): every sequence holds the question, the initial image
+and the full output (text steps and, for the interleaved variants, every drawn state);
+the loss covers the output positions:
+
+* ``direct`` / ``cot``: text cross-entropy;
+* ``interleaved``: text cross-entropy only (image positions are context, not targets);
+* ``mvot``: text and image cross-entropy, plus ``ld.weight`` x L_D on image positions
+  (``ld.weight: 0`` is "MVoT without L_D").
+
+Batches are length-bucketed (sequences of similar length together, at most
+``batch_tokens`` tokens a micro-batch with padding), in an order drawn from
+``(seed, epoch)``; the image-augmentation draw of a batch comes from
+``(seed, epoch, batch)``. Nothing else is random, so a run is deterministic on CPU and a
+resumed run continues exactly: its final weights equal an uninterrupted run's.
+
+The loop knows nothing about tracking: it calls ``log(metrics, step)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from mvot import vq
+from mvot.config import Params
+from mvot.errors import MvotError
+from mvot.losses import token_discrepancy_loss
+from mvot.model import count_parameters, from_pretrained, from_scratch
+from mvot.tokenize import load_split
+from mvot.vocab import Vocab
+
+
+class TrainError(MvotError, RuntimeError):
+    """Training cannot start or resume; the message says why."""
+
+
+# --------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class TokenData:
+    """The token arrays of one split and variant, for all training tasks."""
+
+    seqs: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (tokens, supervised, image) per sequence
+    initial: list[tuple[int, np.ndarray | None]]  # (position of the input image codes, (K+1, T) variants)
+    tasks: list[str]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(s[0]) for s in self.seqs], dtype=np.int64)
+
+
+def load_token_data(tokens_dir: str | Path, tasks, split: str, variant: str) -> TokenData:
+    seqs, initial, names = [], [], []
+    for task in tasks:
+        ts = load_split(tokens_dir, task, split, variant)
+        d = Path(tokens_dir) / task / split
+        pos = np.load(d / "initial_pos.npy")
+        codes = np.load(d / "initial_codes.npy", mmap_mode="r")
+        for i in range(len(ts)):
+            t, s, im = ts.sequence(i)
+            seqs.append((np.asarray(t, np.int64), np.asarray(s, bool), np.asarray(im, bool)))
+            initial.append((int(pos[i]), codes[i]))
+            names.append(task)
+    return TokenData(seqs, initial, names)
+
+
+def make_batches(lengths: np.ndarray, batch_tokens: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Length buckets: sort by length (ties in random order), cut greedily so that
+    ``len(batch) * longest <= batch_tokens``, then shuffle the batches."""
+    order = np.lexsort((rng.random(len(lengths)), lengths))
+    batches, cur, longest = [], [], 0
+    for i in order:
+        longest_if = max(longest, int(lengths[i]))
+        if cur and longest_if * (len(cur) + 1) > batch_tokens:
+            batches.append(np.array(cur))
+            cur, longest_if = [], int(lengths[i])
+        cur.append(int(i))
+        longest = longest_if
+    if cur:
+        batches.append(np.array(cur))
+    return [batches[int(j)] for j in rng.permutation(len(batches))]
+
+
+def padding_share(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
+    padded = sum(len(b) * int(lengths[b].max()) for b in batches)
+    return 1.0 - float(lengths.sum()) / padded
+
+
+def collate(data: TokenData, idx: np.ndarray, vocab: Vocab, aug_rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
+    """Right-padded inputs, shifted targets and the loss masks of one micro-batch."""
+    longest = max(len(data.seqs[i][0]) for i in idx)
+    n = len(idx)
+    tokens = np.full((n, longest), vocab.pad_id, dtype=np.int64)
+    sup = np.zeros((n, longest), dtype=bool)
+    img = np.zeros((n, longest), dtype=bool)
+    for row, i in enumerate(idx):
+        t, s, m = data.seqs[i]
+        tokens[row, : len(t)] = t
+        sup[row, : len(t)] = s
+        img[row, : len(t)] = m
+        pos, variants = data.initial[i]
+        if aug_rng is not None and variants is not None and len(variants) > 1:
+            k = int(aug_rng.integers(len(variants)))
+            tokens[row, pos : pos + variants.shape[1]] = np.asarray(variants[k], np.int64) + vocab.image_offset
+    x = torch.from_numpy(tokens)
+    return {
+        "input_ids": x[:, :-1],
+        "attention_mask": torch.from_numpy(tokens[:, :-1] != vocab.pad_id).long(),
+        "targets": x[:, 1:],
+        "supervised": torch.from_numpy(sup[:, 1:]),
+        "image": torch.from_numpy(img[:, 1:]),
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Losses
+
+
+def compute_losses(logits, batch, variant: str, ld_weight: float, distance, vocab: Vocab, label_smoothing: float, ld_reduction: str):
+    """Total loss and its logged terms (text CE, image CE, L_D)."""
+    targets, sup, img = batch["targets"], batch["supervised"], batch["image"]
+    text_pos = sup & ~img
+    image_pos = sup & img if variant == "mvot" else torch.zeros_like(sup)
+    ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none", label_smoothing=label_smoothing)  # (B, T)
+    n_text, n_img = int(text_pos.sum()), int(image_pos.sum())
+    loss_c = (ce * (text_pos | image_pos)).sum() / max(1, n_text + n_img)
+    terms = {
+        "loss/text_ce": float((ce.detach() * text_pos).sum() / max(1, n_text)),
+        "loss/image_ce": float((ce.detach() * image_pos).sum() / max(1, n_img)) if n_img else 0.0,
+    }
+    loss = loss_c
+    if ld_weight > 0 and n_img:
+        ld = token_discrepancy_loss(logits, targets, image_pos, distance, vocab.image_offset, ld_reduction)
+        loss = loss + ld_weight * ld
+        terms["loss/ld"] = float(ld.detach())
+    terms["loss/total"] = float(loss.detach())
+    return loss, terms, n_text + n_img
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints
+
+CKPT = "checkpoint"
+
+
+def save_checkpoint(directory: Path, model, optimizer, scheduler, step: int) -> None:
+    tmp = directory.with_name(directory.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step}) + "\n")
+    if directory.exists():
+        import shutil
+
+        shutil.rmtree(directory)
+    tmp.rename(directory)
+
+
+def load_checkpoint(directory: Path, model, optimizer, scheduler) -> int:
+    try:
+        state = json.loads((directory / "state.json").read_text())
+        model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
+        opt = torch.load(directory / "optimizer.pt", weights_only=True)
+        optimizer.load_state_dict(opt["optimizer"])
+        scheduler.load_state_dict(opt["scheduler"])
+    except FileNotFoundError as exc:
+        raise TrainError(f"{directory}: incomplete checkpoint ({exc.filename} missing); start without --resume") from None
+    except Exception as exc:  # safetensors / torch raise many kinds on a damaged file
+        raise TrainError(f"{directory}: unreadable checkpoint ({type(exc).__name__}: {exc}); start without --resume") from None
+    return int(state["step"])
+
+
+# --------------------------------------------------------------------------------------
+# The loop
+
+
+def build_model(params: Params, vocab: Vocab):
+    m = params.train.model
+    if m.pretrained:
+        return from_pretrained(m.pretrained, vocab, m.lora_r, m.lora_alpha)
+    return from_scratch(vocab, m.d_model, m.n_layer, m.n_head, m.d_ff, m.max_len, seed=params.seed)
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train(
+    params: Params,
+    tokens_dir: str | Path,
+    tokenizer_dir: str | Path,
+    out_dir: str | Path,
+    log: Callable[[dict, int], None] = lambda m, s: None,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train ``params.train.variant``; checkpoints and the final model go to ``out_dir``.
+
+    ``stop_after`` ends the run after that many steps (with a checkpoint), as an
+    interruption would; ``resume`` continues from ``out_dir/checkpoint``."""
+    cfg = params.train
+    out_dir, tokenizer_dir = Path(out_dir), Path(tokenizer_dir)
+    vocab = Vocab.load(tokenizer_dir / "vocab.json")
+    distance = vq.load_codebook(tokenizer_dir)[f"distance_{cfg.ld.distance}"]
+    data = load_token_data(tokens_dir, cfg.tasks, "train", cfg.variant)
+    if data.lengths.max() > cfg.model.max_len:
+        raise TrainError(f"longest training sequence has {data.lengths.max()} tokens > train.model.max_len = {cfg.model.max_len}")
+    if data.lengths.max() > cfg.batch_tokens:
+        raise TrainError(f"train.batch_tokens = {cfg.batch_tokens} is below the longest sequence ({data.lengths.max()} tokens)")
+    dev = device()
+    model = build_model(params, vocab).to(dev)
+    distance = distance.to(dev)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    ckpt = out_dir / CKPT
+    step = load_checkpoint(ckpt, model, opt, sched) if resume else 0
+    if resume and not ckpt.exists():
+        raise TrainError(f"{ckpt}: no checkpoint to resume from")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    # the data position of micro-batch m is a pure function of m: (epoch, index in epoch)
+    epoch_batches: dict[int, list[np.ndarray]] = {}
+
+    def batch_at(m: int) -> tuple[np.ndarray, np.random.Generator]:
+        epoch = 0
+        while True:
+            if epoch not in epoch_batches:
+                epoch_batches[epoch] = make_batches(data.lengths, cfg.batch_tokens, np.random.default_rng([params.seed, epoch]))
+            if m < len(epoch_batches[epoch]):
+                return epoch_batches[epoch][m], np.random.default_rng([params.seed, epoch, m])
+            m -= len(epoch_batches[epoch])
+            epoch += 1
+
+    first = make_batches(data.lengths, cfg.batch_tokens, np.random.default_rng([params.seed, 0]))
+    summary = count_parameters(model) | {
+        "sequences": len(data.seqs),
+        "batches_per_epoch": len(first),
+        "padding_share": round(padding_share(data.lengths, first), 4),
+        "device": dev.type,
+    }
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.variant}", unit="step", dynamic_ncols=True, mininterval=1.0)
+    end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+    model.train()
+    t0, tokens_seen = time.perf_counter(), 0
+    while step < end:
+        opt.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            idx, rng = batch_at(step * cfg.grad_accum + micro)
+            batch = {k: v.to(dev) for k, v in collate(data, idx, vocab, rng if cfg.augment else None).items()}
+            with autocast:
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss, terms, _ = compute_losses(
+                logits.float(), batch, cfg.variant, cfg.ld.weight, distance, vocab, cfg.label_smoothing, cfg.ld.reduction
+            )
+            (loss / cfg.grad_accum).backward()
+            tokens_seen += int(batch["attention_mask"].sum())  # real (unpadded) tokens
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        opt.step()
+        sched.step()
+        step += 1
+        if step % cfg.log_every == 0 or step == end:
+            tps = tokens_seen / max(1e-9, time.perf_counter() - t0)
+            log(sums | {"train/grad_norm": float(grad_norm), "train/lr": sched.get_last_lr()[0], "train/tokens_per_s": tps}, step)
+        if bar:
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums['loss/total']:.3f}", tok_s=f"{tokens_seen / max(1e-9, time.perf_counter() - t0):.0f}")
+        if step % cfg.checkpoint_every == 0 or step == end:
+            save_checkpoint(ckpt, model, opt, sched, step)
+    if bar:
+        bar.close()
+    if step >= cfg.steps:
+        save_model(model, vocab, tokenizer_dir, out_dir / "model")
+    return summary | {"step": step, "seconds": round(time.perf_counter() - t0, 1), "tokens": tokens_seen}
+
+
+def save_model(model, vocab: Vocab, tokenizer_dir: Path, directory: Path) -> None:
+    """The final model directory: weights (safetensors), config and both tokenizers."""
+    import shutil
+
+    directory.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "merge_and_unload"):  # LoRA: ship merged full weights
+        model = model.merge_and_unload()
+    model.save_pretrained(str(directory), safe_serialization=True)
+    tok = directory / "tokenizer"
+    tok.mkdir(exist_ok=True)
+    for name in ("vq.safetensors", "vq.json", "codebook.safetensors", "tokenizer.json", "vocab.json"):
+        shutil.copy2(tokenizer_dir / name, tok / name)

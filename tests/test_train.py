@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mvot.config import parse_params
+from mvot.train import TrainError, load_token_data, make_batches, padding_share, train
+from tests.conftest import tiny_tokenizer_raw
+
+
+def _params(raw_params, **train):
+    raw = tiny_tokenizer_raw(raw_params)
+    raw["train"] |= {"model": {"d_model": 64, "n_layer": 2, "n_head": 2, "d_ff": 128, "max_len": 2048},
+                     "batch_tokens": 4096, "warmup": 5, "log_every": 5, "checkpoint_every": 1000} | train
+    return parse_params(raw)
+
+
+def test_bucketing_keeps_padding_low():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(100, 1800, size=3000)
+    batches = make_batches(lengths, 8192, np.random.default_rng(1))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(3000))
+    assert all(len(b) * lengths[b].max() <= 8192 for b in batches)
+    assert padding_share(lengths, batches) < 0.10
+
+
+def test_tiny_model_overfits_a_handful_of_mvot_traces(tiny_tokens, raw_params, tmp_path):
+    _, tok_dir, tokens_dir = tiny_tokens
+    p = _params(raw_params, tasks=["frozenlake"], steps=150, lr=0.01, augment=False)
+    # keep 6 traces: overwrite the train split by a view of the first 6 sequences
+    data = load_token_data(tokens_dir, ["frozenlake"], "train", "mvot")
+    few = tmp_path / "tokens"
+    src = tokens_dir / "frozenlake"
+    import shutil
+
+    shutil.copytree(src, few / "frozenlake")
+    d = few / "frozenlake" / "train" / "mvot"
+    off = np.load(d / "offsets.npy")[:7]
+    for name in ("tokens", "supervised", "image"):
+        np.save(d / f"{name}.npy", np.load(d / f"{name}.npy")[: off[-1]])
+    np.save(d / "offsets.npy", off)
+    for name in ("initial_pos", "initial_codes"):
+        f = few / "frozenlake" / "train" / f"{name}.npy"
+        np.save(f, np.load(f)[:6])
+    assert len(data.seqs) > 6
+    losses = []
+    train(p, few, tok_dir, tmp_path / "run", log=lambda m, s: losses.append(m["loss/total"]), progress=False)
+    assert losses[-1] < 0.1 * losses[0], losses
+
+
+def test_resume_continues_exactly(tiny_tokens, raw_params, tmp_path):
+    _, tok_dir, tokens_dir = tiny_tokens
+    p = _params(raw_params, tasks=["maze"], steps=8, lr=0.003)
+    train(p, tokens_dir, tok_dir, tmp_path / "full", progress=False)
+    train(p, tokens_dir, tok_dir, tmp_path / "cut", stop_after=3, progress=False)
+    assert not (tmp_path / "cut" / "model").exists()
+    train(p, tokens_dir, tok_dir, tmp_path / "cut", resume=True, progress=False)
+    a = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_loss_terms_follow_the_variant(tiny_tokens, raw_params, tmp_path):
+    _, tok_dir, tokens_dir = tiny_tokens
+    seen = {}
+    for variant, w in (("mvot", 1.0), ("interleaved", 1.0), ("mvot", 0.0)):
+        p = _params(raw_params, tasks=["maze"], steps=2, log_every=1, variant=variant, ld={"weight": w, "distance": "euclidean", "reduction": "mean"})
+        logs = []
+        train(p, tokens_dir, tok_dir, tmp_path / f"{variant}{w}", log=lambda m, s: logs.append(m), progress=False)
+        seen[(variant, w)] = logs[-1]
+    assert seen[("mvot", 1.0)]["loss/image_ce"] > 0 and seen[("mvot", 1.0)]["loss/ld"] > 0
+    assert seen[("interleaved", 1.0)]["loss/image_ce"] == 0 and "loss/ld" not in seen[("interleaved", 1.0)]
+    assert "loss/ld" not in seen[("mvot", 0.0)] and seen[("mvot", 0.0)]["loss/image_ce"] > 0
+
+
+def test_bad_resume_and_limits(tiny_tokens, raw_params, tmp_path):
+    _, tok_dir, tokens_dir = tiny_tokens
+    p = _params(raw_params, tasks=["maze"], steps=2)
+    with pytest.raises(TrainError, match="incomplete checkpoint"):
+        train(p, tokens_dir, tok_dir, tmp_path / "none", resume=True, progress=False)
+    small = _params(raw_params, tasks=["minibehavior"], steps=2, batch_tokens=256)
+    with pytest.raises(TrainError, match="batch_tokens = 256 is below the longest sequence"):
+        train(small, tokens_dir, tok_dir, tmp_path / "x", progress=False)
