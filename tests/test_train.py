@@ -66,7 +66,7 @@ def test_loss_terms_follow_the_variant(tiny_tokens, raw_params, tmp_path):
     for variant, w in (("mvot", 1.0), ("interleaved", 1.0), ("mvot", 0.0)):
         p = _params(raw_params, tasks=["maze"], steps=2, log_every=1, variant=variant, ld={"weight": w, "distance": "euclidean", "reduction": "mean"})
         logs = []
-        train(p, tokens_dir, tok_dir, tmp_path / f"{variant}{w}", log=lambda m, s: logs.append(m), progress=False)
+        train(p, tokens_dir, tok_dir, tmp_path / f"{variant}{w}", log=lambda m, s, logs=logs: logs.append(m), progress=False)
         seen[(variant, w)] = logs[-1]
     assert seen[("mvot", 1.0)]["loss/image_ce"] > 0 and seen[("mvot", 1.0)]["loss/ld"] > 0
     assert seen[("interleaved", 1.0)]["loss/image_ce"] == 0 and "loss/ld" not in seen[("interleaved", 1.0)]
