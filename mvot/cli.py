@@ -83,6 +83,25 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from mvot.tracking import dvc_out_hashes
+    from mvot.train import train
+
+    params = load_params(args.params)
+    cfg = params.train
+    run = args.name or (cfg.variant if cfg.variant != "mvot" or cfg.ld.weight > 0 else "mvot_no_ld")
+    out = Path(args.out) / run
+    with _tracked(args, "train", run) as tracker:
+        tracker.log_params(params.model_dump(mode="json"))
+        versions = dvc_out_hashes([f"{args.tokens}/{t}" for t in cfg.tasks])
+        tracker.set_tags({"variant": cfg.variant, "ld_weight": str(cfg.ld.weight), "ld_distance": cfg.ld.distance,
+                          "ld_reduction": cfg.ld.reduction} | {f"data_version.{k}": v for k, v in versions.items()})
+        summary = train(params, args.tokens, args.tokenizer, out, log=tracker.log_metrics, resume=args.resume)
+        tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from mvot.importer import import_mvot
 
@@ -135,6 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", default="data/tokens")
     k.add_argument("--stats-dir", default="metrics/tokens")
     k.set_defaults(fn=cmd_tokenize)
+
+    r = sub.add_parser("train", help="train one variant (params.yaml: train) on the token arrays")
+    r.add_argument("--name", help="run name and folder under --out (default: the variant, or mvot_no_ld)")
+    r.add_argument("--tokens", default="data/tokens")
+    r.add_argument("--tokenizer", default="models/tokenizer")
+    r.add_argument("--out", default="models/runs")
+    r.add_argument("--resume", action="store_true", help="continue from <out>/<name>/checkpoint")
+    r.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    r.set_defaults(fn=cmd_train)
 
     i = sub.add_parser("import-mvot", help="import the MVoT paper's released data format")
     i.add_argument("path", help="a maze gridN.json, a frozenlake levelN directory, or a folder holding them")

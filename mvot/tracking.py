@@ -61,6 +61,23 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def dvc_out_hashes(paths: list[str], lock: str | Path = "dvc.lock") -> dict[str, str]:
+    """The md5 DVC recorded in ``dvc.lock`` for each output path (the data version), read as
+    YAML without importing DVC; paths DVC does not track are left out."""
+    import yaml
+
+    try:
+        stages = (yaml.safe_load(Path(lock).read_text()) or {}).get("stages", {})
+    except (OSError, yaml.YAMLError):
+        return {}
+    found = {}
+    for stage in stages.values():
+        for out in stage.get("outs", []):
+            if out.get("path") in paths:
+                found[out["path"]] = out.get("md5", "")
+    return found
+
+
 class NullTracker:
     """Tracking switched off: every call does nothing."""
 

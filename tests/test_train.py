@@ -81,3 +81,41 @@ def test_bad_resume_and_limits(tiny_tokens, raw_params, tmp_path):
     small = _params(raw_params, tasks=["minibehavior"], steps=2, batch_tokens=256)
     with pytest.raises(TrainError, match="batch_tokens = 256 is below the longest sequence"):
         train(small, tokens_dir, tok_dir, tmp_path / "x", progress=False)
+
+
+def test_cli_train_logs_to_mlflow(tiny_tokens, raw_params, tmp_path, monkeypatch):
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from mvot.cli import main
+    from tests.conftest import tiny_tokenizer_raw
+
+    _, tok_dir, tokens_dir = tiny_tokens
+    raw = tiny_tokenizer_raw(raw_params)
+    raw["train"] |= {"tasks": ["maze"], "steps": 3, "log_every": 1, "warmup": 1, "batch_tokens": 4096,
+                     "model": {"d_model": 32, "n_layer": 1, "n_head": 2, "d_ff": 64, "max_len": 2048}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    code = main(["--params", str(tmp_path / "params.yaml"), "train", "--tokens", str(tokens_dir), "--tokenizer", str(tok_dir),
+                 "--out", str(tmp_path / "runs")])
+    assert code == 0
+    assert (tmp_path / "runs" / "mvot" / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "runs" / "mvot" / "model" / "tokenizer" / "vocab.json").is_file()
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("train").experiment_id])[0]
+    assert run.data.tags["variant"] == "mvot" and run.data.tags["ld_distance"] == "euclidean"
+    assert run.data.params["train.model.d_model"] == "32"
+    history = client.get_metric_history(run.info.run_id, "loss/total")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert "loss/ld" in run.data.metrics and "padding_share" in run.data.metrics
+
+
+def test_unreachable_tracking_server_fails_fast(tiny_tokens, monkeypatch, capsys):
+    from mvot.cli import main
+
+    _, tok_dir, tokens_dir = tiny_tokens
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
+    code = main(["train", "--tokens", str(tokens_dir), "--tokenizer", str(tok_dir), "--out", "/nonexistent/runs"])
+    assert code == 1
+    assert "MLflow tracking server http://127.0.0.1:9 is unreachable" in capsys.readouterr().err
