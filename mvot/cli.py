@@ -49,12 +49,15 @@ def _print_stats(stats: dict) -> None:
 
 def _tracked(args: argparse.Namespace, experiment: str, run_name: str):
     """An MLflow run (embedded sqlite store unless MLFLOW_TRACKING_URI says otherwise),
-    or a null tracker with --no-track."""
+    or a null tracker with --no-track and in every torchrun process but the first."""
+    import os
     from contextlib import nullcontext
 
     from mvot.tracking import NullTracker, start_run
 
-    return nullcontext(NullTracker()) if args.no_track else start_run(experiment, run_name)
+    if args.no_track or os.environ.get("RANK", "0") != "0":
+        return nullcontext(NullTracker())
+    return start_run(experiment, run_name)
 
 
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
@@ -96,10 +99,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         versions = dvc_out_hashes([f"{args.tokens}/{t}" for t in cfg.tasks])
         tracker.set_tags({"variant": cfg.variant, "ld_weight": str(cfg.ld.weight), "ld_distance": cfg.ld.distance,
                           "ld_reduction": cfg.ld.reduction} | {f"data_version.{k}": v for k, v in versions.items()})
-        summary = train(params, args.tokens, args.tokenizer, out, log=tracker.log_metrics, resume=args.resume)
+        log = tracker.log_metrics
+        if args.log_jsonl:
+            log = _also_to_jsonl(log, Path(args.log_jsonl))
+        summary = train(params, args.tokens, args.tokenizer, out, log=log, resume=args.resume)
         tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _also_to_jsonl(log, path: Path):
+    """A log callable that also appends ``{"step": s, **metrics}`` lines to ``path``."""
+
+    def both(metrics: dict, step: int) -> None:
+        log(metrics, step)
+        with path.open("a") as fh:
+            fh.write(json.dumps({"step": step} | {k: float(v) for k, v in metrics.items()}) + "\n")
+
+    return both
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -162,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="models/runs")
     r.add_argument("--resume", action="store_true", help="continue from <out>/<name>/checkpoint")
     r.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    r.add_argument("--log-jsonl", help="also append the logged metrics to this JSON-lines file")
     r.set_defaults(fn=cmd_train)
 
     i = sub.add_parser("import-mvot", help="import the MVoT paper's released data format")

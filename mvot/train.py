@@ -194,8 +194,34 @@ def build_model(params: Params, vocab: Vocab):
     return from_scratch(vocab, m.d_model, m.n_layer, m.n_head, m.d_ff, m.max_len, seed=params.seed)
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def distributed() -> tuple[int, int, int]:
+    """``(world size, rank, local rank)`` under torchrun (process group initialised: gloo on
+    CPU, nccl on CUDA), ``(1, 0, 0)`` otherwise."""
+    import os
+
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 1, 0, 0
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return world, dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def device(local_rank: int = 0) -> torch.device:
+    return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+
+
+def _mean_across(values: dict[str, float], world: int) -> dict[str, float]:
+    if world == 1:
+        return values
+    import torch.distributed as dist
+
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(v) / world for k, v in zip(keys, t.tolist(), strict=True)}
 
 
 def train(
@@ -221,10 +247,14 @@ def train(
         raise TrainError(f"longest training sequence has {data.lengths.max()} tokens > train.model.max_len = {cfg.model.max_len}")
     if data.lengths.max() > cfg.batch_tokens:
         raise TrainError(f"train.batch_tokens = {cfg.batch_tokens} is below the longest sequence ({data.lengths.max()} tokens)")
-    dev = device()
+    world, rank, local_rank = distributed()
+    dev = device(local_rank)
     model = build_model(params, vocab).to(dev)
     distance = distance.to(dev)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    core = model  # the unwrapped model: what checkpoints hold
+    if world > 1:  # torchrun: PyTorch DDP averages gradients across processes
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if dev.type == "cuda" else None)
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup:
@@ -234,7 +264,7 @@ def train(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     ckpt = out_dir / CKPT
-    step = load_checkpoint(ckpt, model, opt, sched) if resume else 0
+    step = load_checkpoint(ckpt, core, opt, sched) if resume else 0
     if resume and not ckpt.exists():
         raise TrainError(f"{ckpt}: no checkpoint to resume from")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
@@ -253,14 +283,15 @@ def train(
             epoch += 1
 
     first = make_batches(data.lengths, cfg.batch_tokens, np.random.default_rng([params.seed, 0]))
-    summary = count_parameters(model) | {
+    summary = count_parameters(core) | {
+        "processes": world,
         "sequences": len(data.seqs),
         "batches_per_epoch": len(first),
         "padding_share": round(padding_share(data.lengths, first), 4),
         "device": dev.type,
     }
     bar = None
-    if progress:
+    if progress and rank == 0:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.variant}", unit="step", dynamic_ncols=True, mininterval=1.0)
@@ -271,7 +302,10 @@ def train(
         opt.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
-            idx, rng = batch_at(step * cfg.grad_accum + micro)
+            # the global batch of a step is grad_accum x world micro-batches; this process
+            # takes every world-th one, so N processes see what one process with
+            # N x grad_accum sees
+            idx, rng = batch_at((step * cfg.grad_accum + micro) * world + rank)
             batch = {k: v.to(dev) for k, v in collate(data, idx, vocab, rng if cfg.augment else None).items()}
             with autocast:
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -287,17 +321,23 @@ def train(
         sched.step()
         step += 1
         if step % cfg.log_every == 0 or step == end:
-            tps = tokens_seen / max(1e-9, time.perf_counter() - t0)
-            log(sums | {"train/grad_norm": float(grad_norm), "train/lr": sched.get_last_lr()[0], "train/tokens_per_s": tps}, step)
+            tps = world * tokens_seen / max(1e-9, time.perf_counter() - t0)
+            metrics = _mean_across(sums, world) | {"train/grad_norm": float(grad_norm), "train/lr": sched.get_last_lr()[0], "train/tokens_per_s": tps}
+            if rank == 0:
+                log(metrics, step)
         if bar:
             bar.update(1)
             bar.set_postfix(loss=f"{sums['loss/total']:.3f}", tok_s=f"{tokens_seen / max(1e-9, time.perf_counter() - t0):.0f}")
-        if step % cfg.checkpoint_every == 0 or step == end:
-            save_checkpoint(ckpt, model, opt, sched, step)
+        if (step % cfg.checkpoint_every == 0 or step == end) and rank == 0:
+            save_checkpoint(ckpt, core, opt, sched, step)
     if bar:
         bar.close()
-    if step >= cfg.steps:
-        save_model(model, vocab, tokenizer_dir, out_dir / "model")
+    if step >= cfg.steps and rank == 0:
+        save_model(core, vocab, tokenizer_dir, out_dir / "model")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
     return summary | {"step": step, "seconds": round(time.perf_counter() - t0, 1), "tokens": tokens_seen}
 
 

@@ -119,3 +119,45 @@ def test_unreachable_tracking_server_fails_fast(tiny_tokens, monkeypatch, capsys
     code = main(["train", "--tokens", str(tokens_dir), "--tokenizer", str(tok_dir), "--out", "/nonexistent/runs"])
     assert code == 1
     assert "MLflow tracking server http://127.0.0.1:9 is unreachable" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(tiny_tokens, raw_params, tmp_path):
+    """2 processes x grad_accum 1 (gloo, DDP) = 1 process x grad_accum 2: same losses, same weights."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import ROOT
+
+    _, tok_dir, tokens_dir = tiny_tokens
+    runs = {}
+    for name, accum, launcher in (
+        ("one", 2, [sys.executable, "-m", "mvot.cli"]),
+        ("two", 1, [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mvot.cli"]),
+    ):
+        raw = yaml.safe_load(yaml.safe_dump(raw_params))
+        from tests.conftest import tiny_tokenizer_raw
+
+        raw = tiny_tokenizer_raw(raw)
+        raw["train"] |= {"tasks": ["maze", "frozenlake"], "steps": 4, "log_every": 1, "warmup": 1, "grad_accum": accum,
+                         "batch_tokens": 2048, "model": {"d_model": 32, "n_layer": 1, "n_head": 2, "d_ff": 64, "max_len": 2048}}
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(yaml.safe_dump(raw))
+        cmd = [*launcher, "--params", str(p), "train", "--tokens", str(tokens_dir), "--tokenizer", str(tok_dir),
+               "--out", str(tmp_path / name), "--no-track", "--log-jsonl", str(tmp_path / f"{name}.jsonl")]
+        env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs[name] = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    one, two = runs["one"], runs["two"]
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3, 4]
+    for a, b in zip(one, two, strict=True):
+        for key in ("loss/total", "loss/text_ce", "loss/image_ce", "loss/ld"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (key, a, b)
+    wa = load_file(str(tmp_path / "one" / "mvot" / "model" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "two" / "mvot" / "model" / "model.safetensors"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
