@@ -87,36 +87,18 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mvot.tracking import dvc_out_hashes
-    from mvot.train import train
+    from mvot.runs import train_run
 
     params = load_params(args.params)
-    cfg = params.train
-    run = args.name or (cfg.variant if cfg.variant != "mvot" or cfg.ld.weight > 0 else "mvot_no_ld")
-    out = Path(args.out) / run
-    with _tracked(args, "train", run) as tracker:
-        tracker.log_params(params.model_dump(mode="json"))
-        versions = dvc_out_hashes([f"{args.tokens}/{t}" for t in cfg.tasks])
-        tracker.set_tags({"variant": cfg.variant, "ld_weight": str(cfg.ld.weight), "ld_distance": cfg.ld.distance,
-                          "ld_reduction": cfg.ld.reduction} | {f"data_version.{k}": v for k, v in versions.items()})
-        log = tracker.log_metrics
-        if args.log_jsonl:
-            log = _also_to_jsonl(log, Path(args.log_jsonl))
-        summary = train(params, args.tokens, args.tokenizer, out, log=log, resume=args.resume)
-        tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-    print(json.dumps(summary, indent=2))
+    runs = [args.run] if args.run else list(params.train.runs)
+    unknown = [r for r in runs if r not in params.train.runs]
+    if unknown:
+        raise CliError(f"unknown run {unknown[0]!r}; params.yaml train.runs has: {', '.join(params.train.runs)}")
+    for run in runs:
+        with _tracked(args, "train", run) as tracker:
+            summary = train_run(params, run, args.tokens, args.tokenizer, args.out, tracker, args.log_jsonl, args.resume)
+        print(json.dumps({"run": run} | summary, indent=2))
     return 0
-
-
-def _also_to_jsonl(log, path: Path):
-    """A log callable that also appends ``{"step": s, **metrics}`` lines to ``path``."""
-
-    def both(metrics: dict, step: int) -> None:
-        log(metrics, step)
-        with path.open("a") as fh:
-            fh.write(json.dumps({"step": step} | {k: float(v) for k, v in metrics.items()}) + "\n")
-
-    return both
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -172,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--stats-dir", default="metrics/tokens")
     k.set_defaults(fn=cmd_tokenize)
 
-    r = sub.add_parser("train", help="train one variant (params.yaml: train) on the token arrays")
-    r.add_argument("--name", help="run name and folder under --out (default: the variant, or mvot_no_ld)")
+    r = sub.add_parser("train", help="train the runs of params.yaml train.runs on the token arrays (DVC stage 'train')")
+    r.add_argument("--run", help="one run of train.runs (default: all, one after another)")
     r.add_argument("--tokens", default="data/tokens")
     r.add_argument("--tokenizer", default="models/tokenizer")
     r.add_argument("--out", default="models/runs")

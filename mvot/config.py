@@ -183,18 +183,32 @@ class ModelConfig(_Section):
         return self
 
 
-class DiscrepancyConfig(_Section):
-    """Token discrepancy loss L_D (DESIGN.md 2.4); weight 0 switches it off."""
+class RunSpec(_Section):
+    """One trained model: which sequences it learns and how much L_D it gets."""
 
-    weight: float = Field(ge=0.0, le=100.0, description="w in L = L_C + w * L_D (paper: 1)")
+    variant: str = Field(pattern="^(direct|cot|interleaved|mvot)$", description="sequence variant trained on")
+    ld_weight: float = Field(ge=0.0, le=100.0, description="w in L = L_C + w * L_D (paper: 1; 0 = MVoT without L_D)")
+
+    @model_validator(mode="after")
+    def _ld_only_for_mvot(self):
+        if self.ld_weight > 0 and self.variant != "mvot":
+            raise ValueError(f"ld_weight = {self.ld_weight}: L_D applies to image targets, which only the mvot variant has")
+        return self
+
+
+class DiscrepancyConfig(_Section):
+    """How L_D measures distance (DESIGN.md 2.4); its weight is per run."""
+
     distance: str = Field(pattern="^(euclidean|mse)$", description="euclidean (released code) or mse (paper)")
     reduction: str = Field(pattern="^(mean|sum)$", description="mean (released code) or sum (paper)")
 
 
 class TrainConfig(_Section):
-    """The ``train`` stage: one model over all tasks per variant."""
+    """The ``train`` stage: one model over all tasks per run."""
 
-    variant: str = Field(pattern="^(direct|cot|interleaved|mvot)$", description="sequence variant trained on")
+    runs: dict[Annotated[str, Strict(), Field(pattern="^[a-z0-9_]+$")], RunSpec] = Field(
+        strict=False, min_length=1, description="run name -> what it trains; the DVC stage trains each"
+    )
     tasks: tuple[Annotated[str, Strict(), Field(pattern="^(frozenlake|maze|minibehavior)$")], ...] = Field(
         strict=False, min_length=1, description="tasks mixed into one model"
     )

@@ -226,6 +226,7 @@ def _mean_across(values: dict[str, float], world: int) -> dict[str, float]:
 
 def train(
     params: Params,
+    run: str,
     tokens_dir: str | Path,
     tokenizer_dir: str | Path,
     out_dir: str | Path,
@@ -234,15 +235,18 @@ def train(
     stop_after: int | None = None,
     progress: bool = True,
 ) -> dict:
-    """Train ``params.train.variant``; checkpoints and the final model go to ``out_dir``.
+    """Train run ``run`` of ``params.train.runs``; checkpoints and the final model go to ``out_dir``.
 
     ``stop_after`` ends the run after that many steps (with a checkpoint), as an
     interruption would; ``resume`` continues from ``out_dir/checkpoint``."""
     cfg = params.train
+    if run not in cfg.runs:
+        raise TrainError(f"unknown run {run!r}; params.yaml train.runs has: {', '.join(cfg.runs)}")
+    spec = cfg.runs[run]
     out_dir, tokenizer_dir = Path(out_dir), Path(tokenizer_dir)
     vocab = Vocab.load(tokenizer_dir / "vocab.json")
     distance = vq.load_codebook(tokenizer_dir)[f"distance_{cfg.ld.distance}"]
-    data = load_token_data(tokens_dir, cfg.tasks, "train", cfg.variant)
+    data = load_token_data(tokens_dir, cfg.tasks, "train", spec.variant)
     if data.lengths.max() > cfg.model.max_len:
         raise TrainError(f"longest training sequence has {data.lengths.max()} tokens > train.model.max_len = {cfg.model.max_len}")
     if data.lengths.max() > cfg.batch_tokens:
@@ -294,7 +298,7 @@ def train(
     if progress and rank == 0:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.variant}", unit="step", dynamic_ncols=True, mininterval=1.0)
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {run}", unit="step", dynamic_ncols=True, mininterval=1.0)
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
     model.train()
     t0, tokens_seen = time.perf_counter(), 0
@@ -310,7 +314,7 @@ def train(
             with autocast:
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             loss, terms, _ = compute_losses(
-                logits.float(), batch, cfg.variant, cfg.ld.weight, distance, vocab, cfg.label_smoothing, cfg.ld.reduction
+                logits.float(), batch, spec.variant, spec.ld_weight, distance, vocab, cfg.label_smoothing, cfg.ld.reduction
             )
             (loss / cfg.grad_accum).backward()
             tokens_seen += int(batch["attention_mask"].sum())  # real (unpadded) tokens

@@ -56,6 +56,14 @@ def test_cross_field_rules(raw_params):
     assert "required key is missing" in _bad(raw_params, ["render", "maze"], KeyError)
 
 
+def test_train_runs_are_checked(raw_params):
+    msg = _bad(raw_params, ["train", "runs", "cot"], {"variant": "cot", "ld_weight": 1.0})
+    assert "train.runs.cot: ld_weight = 1.0: L_D applies to image targets, which only the mvot variant has" in msg
+    msg = _bad(raw_params, ["train", "runs", "Bad-Name"], {"variant": "mvot", "ld_weight": 1.0})
+    assert "train.runs.Bad-Name" in msg
+    assert "train.model: d_model = 250 must be a multiple of n_head = 4" in _bad(raw_params, ["train", "model", "d_model"], 250)
+
+
 def test_every_problem_is_reported_at_once(raw_params):
     raw = copy.deepcopy(raw_params)
     raw["seed"] = -1

@@ -9,7 +9,10 @@ from tests.conftest import tiny_tokenizer_raw
 
 
 def _params(raw_params, **train):
+    """Tiny training params; the run to train is called "run"."""
     raw = tiny_tokenizer_raw(raw_params)
+    spec = {"variant": train.pop("variant", "mvot"), "ld_weight": train.pop("ld_weight", 1.0)}
+    raw["train"]["runs"] = {"run": spec}
     raw["train"] |= {"model": {"d_model": 64, "n_layer": 2, "n_head": 2, "d_ff": 128, "max_len": 2048},
                      "batch_tokens": 4096, "warmup": 5, "log_every": 5, "checkpoint_every": 1000} | train
     return parse_params(raw)
@@ -44,17 +47,17 @@ def test_tiny_model_overfits_a_handful_of_mvot_traces(tiny_tokens, raw_params, t
         np.save(f, np.load(f)[:6])
     assert len(data.seqs) > 6
     losses = []
-    train(p, few, tok_dir, tmp_path / "run", log=lambda m, s: losses.append(m["loss/total"]), progress=False)
+    train(p, "run", few, tok_dir, tmp_path / "run", log=lambda m, s: losses.append(m["loss/total"]), progress=False)
     assert losses[-1] < 0.1 * losses[0], losses
 
 
 def test_resume_continues_exactly(tiny_tokens, raw_params, tmp_path):
     _, tok_dir, tokens_dir = tiny_tokens
     p = _params(raw_params, tasks=["maze"], steps=8, lr=0.003)
-    train(p, tokens_dir, tok_dir, tmp_path / "full", progress=False)
-    train(p, tokens_dir, tok_dir, tmp_path / "cut", stop_after=3, progress=False)
+    train(p, "run", tokens_dir, tok_dir, tmp_path / "full", progress=False)
+    train(p, "run", tokens_dir, tok_dir, tmp_path / "cut", stop_after=3, progress=False)
     assert not (tmp_path / "cut" / "model").exists()
-    train(p, tokens_dir, tok_dir, tmp_path / "cut", resume=True, progress=False)
+    train(p, "run", tokens_dir, tok_dir, tmp_path / "cut", resume=True, progress=False)
     a = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -63,13 +66,13 @@ def test_resume_continues_exactly(tiny_tokens, raw_params, tmp_path):
 def test_loss_terms_follow_the_variant(tiny_tokens, raw_params, tmp_path):
     _, tok_dir, tokens_dir = tiny_tokens
     seen = {}
-    for variant, w in (("mvot", 1.0), ("interleaved", 1.0), ("mvot", 0.0)):
-        p = _params(raw_params, tasks=["maze"], steps=2, log_every=1, variant=variant, ld={"weight": w, "distance": "euclidean", "reduction": "mean"})
+    for variant, w in (("mvot", 1.0), ("interleaved", 0.0), ("mvot", 0.0)):
+        p = _params(raw_params, tasks=["maze"], steps=2, log_every=1, variant=variant, ld_weight=w)
         logs = []
-        train(p, tokens_dir, tok_dir, tmp_path / f"{variant}{w}", log=lambda m, s, logs=logs: logs.append(m), progress=False)
+        train(p, "run", tokens_dir, tok_dir, tmp_path / f"{variant}{w}", log=lambda m, s, logs=logs: logs.append(m), progress=False)
         seen[(variant, w)] = logs[-1]
     assert seen[("mvot", 1.0)]["loss/image_ce"] > 0 and seen[("mvot", 1.0)]["loss/ld"] > 0
-    assert seen[("interleaved", 1.0)]["loss/image_ce"] == 0 and "loss/ld" not in seen[("interleaved", 1.0)]
+    assert seen[("interleaved", 0.0)]["loss/image_ce"] == 0 and "loss/ld" not in seen[("interleaved", 0.0)]
     assert "loss/ld" not in seen[("mvot", 0.0)] and seen[("mvot", 0.0)]["loss/image_ce"] > 0
 
 
@@ -77,10 +80,12 @@ def test_bad_resume_and_limits(tiny_tokens, raw_params, tmp_path):
     _, tok_dir, tokens_dir = tiny_tokens
     p = _params(raw_params, tasks=["maze"], steps=2)
     with pytest.raises(TrainError, match="incomplete checkpoint"):
-        train(p, tokens_dir, tok_dir, tmp_path / "none", resume=True, progress=False)
+        train(p, "run", tokens_dir, tok_dir, tmp_path / "none", resume=True, progress=False)
+    with pytest.raises(TrainError, match="unknown run 'nope'; params.yaml train.runs has: run"):
+        train(p, "nope", tokens_dir, tok_dir, tmp_path / "none", progress=False)
     small = _params(raw_params, tasks=["minibehavior"], steps=2, batch_tokens=256)
     with pytest.raises(TrainError, match="batch_tokens = 256 is below the longest sequence"):
-        train(small, tokens_dir, tok_dir, tmp_path / "x", progress=False)
+        train(small, "run", tokens_dir, tok_dir, tmp_path / "x", progress=False)
 
 
 def test_cli_train_logs_to_mlflow(tiny_tokens, raw_params, tmp_path, monkeypatch):
@@ -94,6 +99,7 @@ def test_cli_train_logs_to_mlflow(tiny_tokens, raw_params, tmp_path, monkeypatch
     raw = tiny_tokenizer_raw(raw_params)
     raw["train"] |= {"tasks": ["maze"], "steps": 3, "log_every": 1, "warmup": 1, "batch_tokens": 4096,
                      "model": {"d_model": 32, "n_layer": 1, "n_head": 2, "d_ff": 64, "max_len": 2048}}
+    raw["train"]["runs"] = {"mvot": {"variant": "mvot", "ld_weight": 1.0}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -104,7 +110,7 @@ def test_cli_train_logs_to_mlflow(tiny_tokens, raw_params, tmp_path, monkeypatch
     assert (tmp_path / "runs" / "mvot" / "model" / "tokenizer" / "vocab.json").is_file()
     client = MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name("train").experiment_id])[0]
-    assert run.data.tags["variant"] == "mvot" and run.data.tags["ld_distance"] == "euclidean"
+    assert run.data.tags["variant"] == "mvot" and run.data.tags["ld_distance"] == "euclidean" and run.data.tags["run"] == "mvot"
     assert run.data.params["train.model.d_model"] == "32"
     history = client.get_metric_history(run.info.run_id, "loss/total")
     assert [m.step for m in history] == [1, 2, 3]
@@ -116,7 +122,7 @@ def test_unreachable_tracking_server_fails_fast(tiny_tokens, monkeypatch, capsys
 
     _, tok_dir, tokens_dir = tiny_tokens
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
-    code = main(["train", "--tokens", str(tokens_dir), "--tokenizer", str(tok_dir), "--out", "/nonexistent/runs"])
+    code = main(["train", "--run", "mvot", "--tokens", str(tokens_dir), "--tokenizer", str(tok_dir), "--out", "/nonexistent/runs"])
     assert code == 1
     assert "MLflow tracking server http://127.0.0.1:9 is unreachable" in capsys.readouterr().err
 
@@ -144,7 +150,8 @@ def test_torchrun_two_processes_match_one(tiny_tokens, raw_params, tmp_path):
 
         raw = tiny_tokenizer_raw(raw)
         raw["train"] |= {"tasks": ["maze", "frozenlake"], "steps": 4, "log_every": 1, "warmup": 1, "grad_accum": accum,
-                         "batch_tokens": 2048, "model": {"d_model": 32, "n_layer": 1, "n_head": 2, "d_ff": 64, "max_len": 2048}}
+                         "batch_tokens": 2048, "model": {"d_model": 32, "n_layer": 1, "n_head": 2, "d_ff": 64, "max_len": 2048},
+                         "runs": {"mvot": {"variant": "mvot", "ld_weight": 1.0}}}
         p = tmp_path / f"{name}.yaml"
         p.write_text(yaml.safe_dump(raw))
         cmd = [*launcher, "--params", str(p), "train", "--tokens", str(tokens_dir), "--tokenizer", str(tok_dir),
