@@ -63,7 +63,21 @@ def tiny_tokenizer_raw(raw: dict) -> dict:
     raw = tiny_raw(raw)
     raw["tokenizer"] |= {"codebook_size": 512, "hidden": 64, "depth": 1, "steps": 250, "lr": 0.003,
                          "fidelity_frames": 40, "text_vocab": 400}
+    raw["train"] |= {"runs": {"direct": {"variant": "direct", "ld_weight": 0.0}, "mvot": {"variant": "mvot", "ld_weight": 1.0}},
+                     "model": {"d_model": 32, "n_layer": 1, "n_head": 2, "d_ff": 64, "max_len": 2048},
+                     "steps": 3, "warmup": 1, "batch_tokens": 4096, "log_every": 1, "checkpoint_every": 2}
     return raw
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One Prefect test API for the whole session (generous start-up timeout, no analytics)."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
 
 
 @pytest.fixture(scope="session")

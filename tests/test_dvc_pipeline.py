@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 
 def _run(cmd, cwd):
-    env = os.environ | {"DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = os.environ | {"DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                        "PYTHONPATH": str(cwd), "PREFECT_HOME": str(Path(cwd) / ".prefect")}
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, f"{cmd} failed:\n{res.stdout}\n{res.stderr}"
     return res.stdout
@@ -24,7 +25,7 @@ def _run(cmd, cwd):
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, raw_params):
     d = tmp_path_factory.mktemp("repo")
-    for name in ("mvot", "dvc.yaml", ".dvcignore", ".gitignore"):
+    for name in ("mvot", "flows", "dvc.yaml", ".dvcignore", ".gitignore"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, d / name)
     (d / ".dvc").mkdir()
@@ -47,6 +48,8 @@ def test_repro_status_push_pull(repo):
         assert (repo / "data" / "contact" / f"{task}.png").is_file()
         assert (repo / "data" / "tokens" / task / "train" / "mvot" / "tokens.npy").is_file()
     assert (repo / "models" / "tokenizer" / "vq.safetensors").is_file()
+    for run in ("direct", "mvot"):  # the tiny profile's train.runs, each through the Prefect flow
+        assert (repo / "models" / "runs" / run / "model" / "model.safetensors").is_file()
     assert "up to date" in _run(["dvc", "status"], repo).lower()
     again = _run(["dvc", "repro"], repo)
     assert "didn't change" in again and "Running stage" not in again
@@ -59,6 +62,9 @@ def test_repro_status_push_pull(repo):
     exp = client.get_experiment_by_name("tokenizer")
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1 and "fidelity/all/image_fidelity" in runs[0].data.metrics
+    train_runs = client.search_runs([client.get_experiment_by_name("train").experiment_id])
+    assert {r.data.tags["run"] for r in train_runs} == {"direct", "mvot"}
+    assert all(r.data.tags.get("data_version.data/tokens/maze") for r in train_runs)
     # the default remote is a folder inside the working tree, ignored by git
     _run(["dvc", "push"], repo)
     assert any((repo / ".dvcstore").rglob("*"))

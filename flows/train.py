@@ -1,0 +1,72 @@
+"""Prefect flow `train`: train the runs of params.yaml (all, or those named), one task each.
+
+    python -m flows.train [--run NAME ...] [--params params.yaml]
+
+The DVC stage `train` calls it once per run; a deployment can call it for all runs.
+Runs go one after another: each one already uses every core (or its GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import nullcontext
+
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+
+from mvot.config import load_params
+from mvot.errors import MvotError
+from mvot.runs import train_run
+from mvot.tracking import NullTracker, check_reachable, default_uri, start_run
+
+
+@task(name="train-run", task_run_name="train-{run}")
+def train_one(params_path: str, run: str, tokens: str, tokenizer: str, out: str, track: bool) -> dict:
+    params = load_params(params_path)
+    with start_run("train", run) if track else nullcontext(NullTracker()) as tracker:
+        return train_run(params, run, tokens, tokenizer, out, tracker, progress=False) | {"mlflow_run_id": tracker.run_id}
+
+
+@flow(name="train")
+def train_flow(
+    params_path: str = "params.yaml",
+    runs: list[str] | None = None,
+    tokens: str = "data/tokens",
+    tokenizer: str = "models/tokenizer",
+    out: str = "models/runs",
+    track: bool = True,
+) -> dict[str, dict]:
+    params = load_params(params_path)  # bad params stop the flow before any work
+    names = runs or list(params.train.runs)
+    unknown = [r for r in names if r not in params.train.runs]
+    if unknown:
+        raise ValueError(f"unknown run {unknown[0]!r}; params.yaml train.runs has: {', '.join(params.train.runs)}")
+    if track:
+        check_reachable(default_uri())  # an unreachable tracking server fails before training
+    results = {run: train_one(params_path, run, tokens, tokenizer, out, track) for run in names}
+    create_table_artifact(
+        key="train-runs",
+        table=[{"run": r, **{k: v for k, v in s.items() if k in ("parameters", "step", "seconds", "tokens", "padding_share")}}
+               for r, s in results.items()],
+        description="Runs trained by this flow",
+    )
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m flows.train", description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--run", action="append", help="run(s) of train.runs (default: all)")
+    ap.add_argument("--no-track", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        train_flow(args.params, args.run, track=not args.no_track)
+    except MvotError as exc:
+        print(f"flows.train: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
