@@ -2,7 +2,8 @@
 
 Wires :func:`mvot.train.train` to a tracker (``mvot.tracking``): the whole typed config
 as params, the run's variant, L_D settings and data version (DVC's md5 of the token
-arrays, read from ``dvc.lock``) as tags, the loop's metrics, and the summary.
+arrays, read from ``dvc.lock``) as tags, the loop's metrics, the summary, and the final
+model directory (safetensors weights, config, both tokenizers) as the artifact ``model``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def train_run(
             with Path(log_jsonl).open("a") as fh:
                 fh.write(json.dumps({"step": step} | {k: float(v) for k, v in metrics.items()}) + "\n")
 
-    summary = train(params, run, tokens_dir, tokenizer_dir, Path(out_root) / run, log=log, resume=resume, progress=progress)
+    out = Path(out_root) / run
+    summary = train(params, run, tokens_dir, tokenizer_dir, out, log=log, resume=resume, progress=progress)
     tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    if (out / "model").is_dir():  # the final model: weights, config and both tokenizers
+        tracker.log_artifacts(out / "model", "model")
     return summary

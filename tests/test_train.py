@@ -115,6 +115,8 @@ def test_cli_train_logs_to_mlflow(tiny_tokens, raw_params, tmp_path, monkeypatch
     history = client.get_metric_history(run.info.run_id, "loss/total")
     assert [m.step for m in history] == [1, 2, 3]
     assert "loss/ld" in run.data.metrics and "padding_share" in run.data.metrics
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"model/model.safetensors", "model/config.json", "model/tokenizer"} <= arts
 
 
 def test_unreachable_tracking_server_fails_fast(tiny_tokens, monkeypatch, capsys):
@@ -168,3 +170,26 @@ def test_torchrun_two_processes_match_one(tiny_tokens, raw_params, tmp_path):
     wa = load_file(str(tmp_path / "one" / "mvot" / "model" / "model.safetensors"))
     wb = load_file(str(tmp_path / "two" / "mvot" / "model" / "model.safetensors"))
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_pretrained_backbone_resized_with_lora(tmp_path):
+    """A tiny 'pretrained' model the test builds and saves, loaded back for MVoT."""
+    from mvot.model import ModelError, count_parameters, from_pretrained, from_scratch
+    from mvot.vocab import Vocab
+
+    small = Vocab(n_text=40, n_codes=8, tokens_per_image={"maze": 4})
+    base = from_scratch(small, d_model=32, n_layer=1, n_head=2, d_ff=64, max_len=128)
+    base.save_pretrained(tmp_path / "base")
+    big = Vocab(n_text=40, n_codes=24, tokens_per_image={"maze": 4})
+    full = from_pretrained(tmp_path / "base", big)
+    assert full.get_input_embeddings().weight.shape[0] == big.size
+    assert torch.equal(full.get_input_embeddings().weight[: small.size], base.get_input_embeddings().weight)
+    lora = from_pretrained(tmp_path / "base", big, lora_r=2, lora_alpha=4)
+    counts = count_parameters(lora)
+    assert 0 < counts["trainable_parameters"] < counts["parameters"]
+    names = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert any("lora_A" in n and "q_proj" in n for n in names) and any("lm_head" in n for n in names)
+    out = lora(input_ids=torch.tensor([[1, big.boi, big.image_offset + 20, big.eoi]])).logits
+    assert out.shape == (1, 4, big.size)
+    with pytest.raises(ModelError, match="no config.json"):
+        from_pretrained(tmp_path / "missing", big)
