@@ -42,11 +42,15 @@ def _cell(x: Any, n: int, what: str) -> tuple[int, int]:
     return (x[0], x[1])
 
 
-def import_maze_file(path: Path, check_images: bool = True) -> list[Instance]:
+def _read_json(path: Path):
     try:
-        records = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise FormatError(f"{path}: not readable JSON ({exc})") from None
+
+
+def import_maze_file(path: Path, check_images: bool = True) -> list[Instance]:
+    records = _read_json(path)
     if not isinstance(records, list):
         raise FormatError(f"{path}: expected a list of paths, got {type(records).__name__}")
     root = path.parent.parent
@@ -91,10 +95,7 @@ def import_maze_file(path: Path, check_images: bool = True) -> list[Instance]:
 
 def import_frozenlake_level(level_dir: Path, check_images: bool = True) -> list[Instance]:
     path = level_dir / "data.json"
-    try:
-        envs = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{path}: not readable JSON ({exc})") from None
+    envs = _read_json(path)
     if not isinstance(envs, dict):
         raise FormatError(f"{path}: expected env id -> environment, got {type(envs).__name__}")
     out = []

@@ -138,10 +138,9 @@ def measure_fidelity(coder: PatchCoder, params: Params, raw_dir: Path, split: st
         renderer = Renderer.from_params(params, task)
         side = params.image_size(task) // coder.patch
         insts = {i.uid: i for i in read_split(raw_dir / task, split)}
-        names, frames, states = [], [], []
+        frames, states = [], []
         for name, img in iter_images(raw_dir / task, split):
             uid, k = name.rsplit("/", 1)
-            names.append(name)
             frames.append(frame_array(img))
             states.append(insts[uid].states[int(k.removesuffix(".png"))])
             if len(frames) >= params.tokenizer.fidelity_frames:

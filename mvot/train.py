@@ -147,7 +147,7 @@ def compute_losses(logits, batch, variant: str, ld_weight: float, distance, voca
         loss = loss + ld_weight * ld
         terms["loss/ld"] = float(ld.detach())
     terms["loss/total"] = float(loss.detach())
-    return loss, terms, n_text + n_img
+    return loss, terms
 
 
 # --------------------------------------------------------------------------------------
@@ -313,7 +313,7 @@ def train(
             batch = {k: v.to(dev) for k, v in collate(data, idx, vocab, rng if cfg.augment else None).items()}
             with autocast:
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss, terms, _ = compute_losses(
+            loss, terms = compute_losses(
                 logits.float(), batch, spec.variant, spec.ld_weight, distance, vocab, cfg.label_smoothing, cfg.ld.reduction
             )
             (loss / cfg.grad_accum).backward()
