@@ -115,6 +115,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from mvot.bench import bench_generate, bench_parse
 
     params = load_params(args.params)
+    if args.what == "train":
+        from mvot.bench_train import bench_train, format_table
+
+        r = bench_train(params, args.tokens, args.tokenizer, run=args.run, steps=args.steps, warmup=args.warmup, rounds=args.rounds)
+        print(json.dumps(r | {side: {k: v for k, v in r[side].items() if k != "losses"} for side in ("ours", "trainer")}, indent=2))
+        print(format_table(r))
+        return 0
     fn = {"generate": bench_generate, "parse": bench_parse}[args.what]
     rows = fn(params, args.n, args.task or TASKS)
     print(json.dumps(rows, indent=2))
@@ -170,9 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(fn=cmd_import)
 
     b = sub.add_parser("bench", help="benchmarks that print figures")
-    b.add_argument("what", choices=["generate", "parse"], help="generation speed, or parse accuracy under perturbations")
+    b.add_argument("what", choices=["generate", "parse", "train"],
+                   help="generation speed, parse accuracy under perturbations, or training throughput (MFU, vs Trainer)")
     b.add_argument("--n", type=int, default=300, help="instances per task")
     b.add_argument("--task", action="append", choices=TASKS)
+    b.add_argument("--run", default="mvot", help="train: the run of train.runs to measure (default: mvot)")
+    b.add_argument("--steps", type=int, default=20, help="train: timed steps per round (default: 20)")
+    b.add_argument("--warmup", type=int, default=3, help="train: untimed steps before them (default: 3)")
+    b.add_argument("--rounds", type=int, default=2, help="train: interleaved rounds of ours and Trainer, best kept (default: 2)")
+    b.add_argument("--tokens", default="data/tokens", help="train: token arrays (default: data/tokens)")
+    b.add_argument("--tokenizer", default="models/tokenizer", help="train: tokenizer directory (default: models/tokenizer)")
     b.set_defaults(fn=cmd_bench)
 
     v = sub.add_parser("params", help="validate params.yaml and print it with every default filled in")

@@ -227,6 +227,18 @@ class TrainConfig(_Section):
     log_every: int = Field(ge=1, le=10_000_000, description="steps between logged metrics")
 
 
+class EvaluateConfig(_Section):
+    """``evaluate``: recursive decoding of the test split and its scoring."""
+
+    limit: int = Field(ge=0, le=10_000_000, description="test instances per task scored (first N of the split); 0 = all")
+    batch_size: int = Field(ge=1, le=4096, description="instances decoded together")
+    max_new_tokens: int = Field(ge=0, le=131072, description="length budget of a generated trace; 0 = up to the model's context")
+    temperature: float = Field(ge=0.0, le=10.0, description="0 = greedy (default); > 0 samples")
+    top_k: int = Field(ge=0, le=65536, description="sample from the k likeliest tokens (0 = all)")
+    strips: int = Field(ge=0, le=100, description="pictures of true vs drawn states per task, correct and wrong cases each")
+    combine: tuple[str, str] = Field(strict=False, description="two runs whose upper bound and combined predictor are reported (paper: MVoT and CoT)")
+
+
 class Params(_Section):
     """All of ``params.yaml``."""
 
@@ -236,6 +248,7 @@ class Params(_Section):
     tokenizer: TokenizerConfig
     tokenize: TokenizeConfig
     train: TrainConfig
+    evaluate: EvaluateConfig
 
     @model_validator(mode="after")
     def _check_patches(self):

@@ -38,15 +38,41 @@ def train_run(
              "ld_reduction": cfg.ld.reduction} | {f"data_version.{k}": v for k, v in versions.items()}
         )
 
+    out = Path(out_root) / run
+    curve = out / "curve.csv"  # the training curve, for `dvc plots` (one row per logged step)
+    if not resume:
+        curve.unlink(missing_ok=True)
+
     def log(metrics: dict, step: int) -> None:
         tracker.log_metrics(metrics, step=step)
+        _append_curve(curve, step, metrics)
         if log_jsonl:
             with Path(log_jsonl).open("a") as fh:
                 fh.write(json.dumps({"step": step} | {k: float(v) for k, v in metrics.items()}) + "\n")
 
-    out = Path(out_root) / run
     summary = train(params, run, tokens_dir, tokenizer_dir, out, log=log, resume=resume, progress=progress)
     tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-    if (out / "model").is_dir():  # the final model: weights, config and both tokenizers
-        tracker.log_artifacts(out / "model", "model")
+    if (out / "model").is_dir():  # the final model (weights, config, both tokenizers) as a pyfunc model
+        model_uri = tracker.log_model(out / "model")
+        if tracker.run_id:  # lets evaluation log into the same run, and promotion find the model
+            (out / "tracking.json").write_text(json.dumps({"run_id": tracker.run_id, "model_uri": model_uri}, indent=2) + "\n")
     return summary
+
+
+CURVE_COLUMNS = ("loss/total", "loss/text_ce", "loss/image_ce", "loss/ld", "train/lr", "train/tokens_per_s")
+
+
+def _append_curve(path: Path, step: int, metrics: dict) -> None:
+    """One CSV row per logged step; a resumed run drops rows past its checkpoint first."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    if path.exists():
+        with path.open(newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["step"]) < step]
+    rows.append({"step": step} | {k: f"{float(metrics[k]):.6g}" for k in CURVE_COLUMNS if k in metrics})
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["step", *CURVE_COLUMNS], restval="")
+        w.writeheader()
+        w.writerows(rows)

@@ -95,9 +95,13 @@ def action_text(task: str, action: str) -> str:
 
 def question(inst: Instance) -> str:
     """The question text up to (not including) the initial image."""
-    options = " ".join(f"{k}. {v}" for k, v in world(inst.task).OPTIONS.items())
-    actions = " ".join(action_text(inst.task, a) for a in inst.actions)
-    return PROMPTS[inst.task].format(actions=actions, options=options)
+    return question_for(inst.task, inst.actions)
+
+
+def question_for(task: str, actions) -> str:
+    """The question of ``task`` about an action list (the instance's layout is in its image)."""
+    options = " ".join(f"{k}. {v}" for k, v in world(task).OPTIONS.items())
+    return PROMPTS[task].format(actions=" ".join(action_text(task, a) for a in actions), options=options)
 
 
 def final_text(inst: Instance, answer: str | None = None) -> str:

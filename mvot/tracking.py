@@ -95,6 +95,9 @@ class NullTracker:
 
     def log_dict(self, data: dict, name: str) -> None: ...
 
+    def log_model(self, model_dir: str | Path) -> str | None:
+        return None
+
 
 class MlflowTracker(NullTracker):
     def __init__(self, run):
@@ -124,10 +127,17 @@ class MlflowTracker(NullTracker):
     def log_dict(self, data: dict, name: str) -> None:
         self._mlflow.log_dict(data, name)
 
+    def log_model(self, model_dir: str | Path) -> str | None:
+        """The model directory as a pyfunc model answering instances; returns its URI."""
+        return log_pyfunc_model(model_dir)
+
 
 @contextmanager
-def start_run(experiment: str, run_name: str, root: str | Path = ".", uri: str | None = None) -> Iterator[MlflowTracker]:
-    """An MLflow run in ``experiment`` (created with an artifact location under ``root``)."""
+def start_run(
+    experiment: str, run_name: str, root: str | Path = ".", uri: str | None = None, run_id: str | None = None
+) -> Iterator[MlflowTracker]:
+    """An MLflow run in ``experiment`` (created with an artifact location under ``root``);
+    with ``run_id``, that existing run is continued instead."""
     import mlflow
 
     uri = uri or default_uri(root)
@@ -144,6 +154,108 @@ def start_run(experiment: str, run_name: str, root: str | Path = ".", uri: str |
             exp_id = exp.experiment_id
     except mlflow.exceptions.MlflowException as exc:
         raise TrackingError(f"cannot use MLflow store {uri}: {exc}") from None
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
+    if run_id:
+        try:
+            mlflow.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            run_id = None  # the run is not in this store (another machine's): start a new one
+    kwargs = {"run_id": run_id} if run_id else {"experiment_id": exp_id, "run_name": run_name}
+    with mlflow.start_run(**kwargs) as run:
         yield MlflowTracker(run)
 
+
+
+# --------------------------------------------------------------------------------------
+# Models: a pyfunc wrapper around the model directory, and resolving model URIs
+
+PYFUNC_ARTIFACT = "mvot_model"  # the model directory inside the logged pyfunc model
+
+
+def _pyfunc_class():
+    """The :class:`mlflow.pyfunc.PythonModel` answering task instances (built lazily so that
+    importing this module does not import MLflow)."""
+    import mlflow.pyfunc
+
+    class MvotPyfunc(mlflow.pyfunc.PythonModel):
+        """``predict`` takes instances (a DataFrame with an ``instance`` column of JSON
+        strings or dicts as written by ``mvot generate``, or a list of such dicts) and
+        returns one row per instance: uid, answer, the reasoning text, thoughts drawn."""
+
+        def load_context(self, context):
+            from mvot.generate import load_model
+
+            self.lm = load_model(context.artifacts[PYFUNC_ARTIFACT])
+
+        def predict(self, context, model_input, params=None):
+            import json as _json
+
+            import pandas as pd
+
+            from mvot.solve import problem_from_instance, solve
+            from mvot.worlds import instance_from_json
+
+            if isinstance(model_input, pd.DataFrame):  # mlflow turns a list of dicts into one row per dict
+                rows = (model_input["instance"].tolist() if "instance" in model_input.columns
+                        else _json.loads(model_input.to_json(orient="records")))
+            else:
+                rows = [model_input] if isinstance(model_input, (str, dict)) else list(model_input)
+            insts = [instance_from_json(_json.loads(r) if isinstance(r, str) else r) for r in rows]
+            sols = solve(self.lm, [problem_from_instance(self.lm, i) for i in insts], **(params or {}))
+            return pd.DataFrame({"uid": [i.uid for i in insts], "answer": [s.answer for s in sols],
+                                 "text": [s.decoded.text for s in sols], "thoughts": [len(s.drawn) for s in sols]})
+
+    return MvotPyfunc
+
+
+def log_pyfunc_model(model_dir: str | Path, name: str = "model") -> str:
+    """Log ``model_dir`` (weights, config, tokenizers) as a pyfunc model of the active run;
+    returns its model URI."""
+    import mlflow.pyfunc
+
+    info = mlflow.pyfunc.log_model(
+        name=name,
+        python_model=_pyfunc_class()(),
+        artifacts={PYFUNC_ARTIFACT: str(model_dir)},
+        pip_requirements=["mvot", "torch==2.13.0", "transformers", "tokenizers", "safetensors", "vector-quantize-pytorch"],
+    )
+    return info.model_uri
+
+
+def resolve_model_dir(uri: str, tracking_uri: str | None = None) -> Path:
+    """A local model directory for a path or an MLflow URI (``models:/<name>@<alias>``,
+    ``models:/<name>/<version>``, ``runs:/<run id>/model``, ``models:/<model id>``)."""
+    p = Path(uri)
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return p
+        found = sorted(p.rglob("config.json"))
+        if found:
+            return found[0].parent
+        raise TrackingError(f"{uri}: a directory without a model (no config.json); give models/runs/<run>/model")
+    if not uri.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
+        raise TrackingError(f"{uri}: neither a model directory nor an MLflow model URI (models:/<name>@champion)")
+    import mlflow
+
+    tracking_uri = tracking_uri or default_uri()
+    check_reachable(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except Exception as exc:  # MlflowException, or a store error for a bad URI
+        raise TrackingError(f"{uri}: cannot fetch the model from {tracking_uri} ({str(exc).splitlines()[0]})") from None
+    found = sorted(local.rglob("config.json"))
+    if not found:
+        raise TrackingError(f"{uri}: the MLflow model holds no mvot model directory")
+    return found[0].parent
+
+
+def register_model(model_uri: str, name: str, aliases: tuple[str, ...] = ()) -> str:
+    """Register ``model_uri`` under ``name`` and point ``aliases`` at the new version."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    version = mlflow.register_model(model_uri, name).version
+    client = MlflowClient()
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, version)
+    return str(version)

@@ -337,7 +337,11 @@ def train(
     if bar:
         bar.close()
     if step >= cfg.steps and rank == 0:
-        save_model(core, vocab, tokenizer_dir, out_dir / "model")
+        geometry = {t: {"cell_px": params.render.task(t).cell_px, "canvas_cells": params.canvas_cells(t),
+                        "sizes": list(params.generate.task(t).sizes)} for t in cfg.tasks}
+        meta = {"run": run, "variant": spec.variant, "ld_weight": spec.ld_weight, "tasks": list(cfg.tasks), "steps": step,
+                "render": geometry}
+        save_model(core, vocab, tokenizer_dir, out_dir / "model", meta)
     if world > 1:
         import torch.distributed as dist
 
@@ -345,14 +349,16 @@ def train(
     return summary | {"step": step, "seconds": round(time.perf_counter() - t0, 1), "tokens": tokens_seen}
 
 
-def save_model(model, vocab: Vocab, tokenizer_dir: Path, directory: Path) -> None:
-    """The final model directory: weights (safetensors), config and both tokenizers."""
+def save_model(model, vocab: Vocab, tokenizer_dir: Path, directory: Path, meta: dict | None = None) -> None:
+    """The final model directory: weights (safetensors), config, both tokenizers and
+    ``mvot.json`` (run, variant, tasks: what decoding needs to know)."""
     import shutil
 
     directory.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "merge_and_unload"):  # LoRA: ship merged full weights
         model = model.merge_and_unload()
     model.save_pretrained(str(directory), safe_serialization=True)
+    (directory / "mvot.json").write_text(json.dumps(meta or {}, indent=2, sort_keys=True) + "\n")
     tok = directory / "tokenizer"
     tok.mkdir(exist_ok=True)
     for name in ("vq.safetensors", "vq.json", "codebook.safetensors", "tokenizer.json", "vocab.json"):

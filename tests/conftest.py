@@ -66,6 +66,7 @@ def tiny_tokenizer_raw(raw: dict) -> dict:
     raw["train"] |= {"runs": {"direct": {"variant": "direct", "ld_weight": 0.0}, "mvot": {"variant": "mvot", "ld_weight": 1.0}},
                      "model": {"d_model": 32, "n_layer": 1, "n_head": 2, "d_ff": 64, "max_len": 2048},
                      "steps": 3, "warmup": 1, "batch_tokens": 4096, "log_every": 1, "checkpoint_every": 2}
+    raw["evaluate"] |= {"limit": 4, "batch_size": 4, "max_new_tokens": 400, "combine": ["mvot", "direct"]}
     return raw
 
 
@@ -113,3 +114,55 @@ def tiny_tokens(tmp_path_factory, tiny_tokenizer, tiny_generated):
     for t in TASKS:
         tokenize_task(params, t, root / "raw", tok_dir, out / "tokens", out / "stats")
     return params, tok_dir, out / "tokens"
+
+
+def few_instances(raw_dir: Path, tokens_dir: Path, task: str, n: int, dest: Path) -> tuple[Path, Path]:
+    """Raw data and token arrays whose train *and* test splits are the first ``n`` train instances."""
+    import shutil
+
+    raw, tok = dest / "raw", dest / "tokens"
+    shutil.copytree(raw_dir / task, raw / task)
+    lines = (raw / task / "train.jsonl").read_text().splitlines(keepends=True)[:n]
+    (raw / task / "train.jsonl").write_text("".join(lines))
+    (raw / task / "test.jsonl").write_text("".join(lines))
+    shutil.copy2(raw / task / "train.images.zip", raw / task / "test.images.zip")
+    src = tokens_dir / task / "train"
+    for split in ("train", "test"):
+        d = tok / task / split
+        d.mkdir(parents=True)
+        (d / "ids.txt").write_text("".join((src / "ids.txt").read_text().splitlines(keepends=True)[:n]))
+        for name in ("initial_pos", "initial_codes"):
+            np.save(d / f"{name}.npy", np.load(src / f"{name}.npy")[:n])
+        for variant in [p.name for p in src.iterdir() if p.is_dir()]:
+            (d / variant).mkdir()
+            off = np.load(src / variant / "offsets.npy")[: n + 1]
+            np.save(d / variant / "offsets.npy", off)
+            for name in ("tokens", "supervised", "image"):
+                np.save(d / variant / f"{name}.npy", np.load(src / variant / f"{name}.npy")[: off[-1]])
+    return raw, tok
+
+
+def overfit_raw(raw: dict, steps: int = 300) -> dict:
+    """Params of a tiny MVoT model that memorises a handful of FROZENLAKE traces."""
+    raw = tiny_tokenizer_raw(raw)
+    raw["train"] |= {"runs": {"mvot": {"variant": "mvot", "ld_weight": 1.0}, "direct": {"variant": "direct", "ld_weight": 0.0}},
+                     "tasks": ["frozenlake"], "steps": steps, "lr": 0.01, "warmup": 5, "augment": False,
+                     "model": {"d_model": 64, "n_layer": 2, "n_head": 2, "d_ff": 128, "max_len": 1024},
+                     "log_every": 50, "checkpoint_every": 1000}
+    raw["evaluate"] |= {"combine": ["mvot", "direct"], "batch_size": 4, "strips": 2}
+    return raw
+
+
+@pytest.fixture(scope="session")
+def tiny_overfit(tmp_path_factory, tiny_tokens, tiny_generated, raw_params):
+    """A tiny MVoT model trained to memorise 6 FROZENLAKE instances, whose test split is
+    those same 6: (params, model dir, raw dir, tokens dir, tokenizer dir)."""
+    from mvot.train import train
+
+    _, tok_dir, tokens_dir = tiny_tokens
+    root, _ = tiny_generated
+    dest = tmp_path_factory.mktemp("overfit")
+    raw, tok = few_instances(root / "raw", tokens_dir, "frozenlake", 6, dest)
+    params = parse_params(overfit_raw(raw_params))
+    train(params, "mvot", tok, tok_dir, dest / "runs" / "mvot", progress=False)
+    return params, dest / "runs" / "mvot" / "model", raw, tok, tok_dir

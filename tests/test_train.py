@@ -88,7 +88,7 @@ def test_bad_resume_and_limits(tiny_tokens, raw_params, tmp_path):
         train(small, "run", tokens_dir, tok_dir, tmp_path / "x", progress=False)
 
 
-def test_cli_train_logs_to_mlflow(tiny_tokens, raw_params, tmp_path, monkeypatch):
+def test_cli_train_logs_to_mlflow(tiny_tokens, tiny_generated, raw_params, tmp_path, monkeypatch):
     import yaml
     from mlflow.tracking import MlflowClient
 
@@ -115,8 +115,22 @@ def test_cli_train_logs_to_mlflow(tiny_tokens, raw_params, tmp_path, monkeypatch
     history = client.get_metric_history(run.info.run_id, "loss/total")
     assert [m.step for m in history] == [1, 2, 3]
     assert "loss/ld" in run.data.metrics and "padding_share" in run.data.metrics
-    arts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
-    assert {"model/model.safetensors", "model/config.json", "model/tokenizer"} <= arts
+    # the model is a pyfunc model that answers task instances
+    import json
+
+    import mlflow.pyfunc
+
+    tracking = json.loads((tmp_path / "runs" / "mvot" / "tracking.json").read_text())
+    assert tracking["run_id"] == run.info.run_id
+    curve = (tmp_path / "runs" / "mvot" / "curve.csv").read_text().splitlines()
+    assert curve[0].startswith("step,loss/total") and [r.split(",")[0] for r in curve[1:]] == ["1", "2", "3"]
+    raw_dir = tiny_generated[0] / "raw"
+    instance = json.loads((raw_dir / "maze" / "test.jsonl").read_text().splitlines()[0])
+    out = mlflow.pyfunc.load_model(tracking["model_uri"]).predict([instance])
+    from mvot.worlds import instance_from_json
+
+    assert list(out["uid"]) == [instance_from_json(instance).uid]
+    assert set(out.columns) >= {"uid", "answer", "text", "thoughts"}
 
 
 def test_unreachable_tracking_server_fails_fast(tiny_tokens, monkeypatch, capsys):

@@ -1,0 +1,311 @@
+"""Recursive interleaved decoding (DESIGN.md 2.2): write a step, draw the state, go on, answer.
+
+:class:`Decoder` runs a trained causal LM over the unified vocabulary on a batch of
+prompts with a KV cache (Hugging Face ``DynamicCache``), one token per row per step, and
+feeds every token it emits, the image codes it draws included, back as context: the
+model reasons from its own pictures. The context policy is the training one: whole
+traces, so every earlier image stays in context (``mvot/train.py``).
+
+Decoding is *constrained* by the vocabulary's grammar, whatever the weights:
+
+* inside an image exactly ``tokens_per_image[task]`` codes from the image range, then
+  ``<eoi>``;
+* outside images no image code and no ``<eoi>``; ``<boi>`` only for the variants that draw
+  (``interleaved``, ``mvot``) and only while the length budget still holds a whole image;
+* never ``<pad>`` or ``<bos>``.
+
+A row stops at the answer line (``The answer is X.``), at ``<eos>``, or at its length
+budget. Greedy by default; temperature / top-k sampling with a seeded generator. Rows that
+finish leave the batch (their cache rows are dropped), so a batch costs what its live
+rows cost. Prompts are left-padded with explicit position ids, so every row sees exactly
+the positions it saw in training.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mvot.errors import MvotError
+from mvot.traces import ANSWER_RE
+from mvot.vocab import Vocab
+
+
+class DecodeError(MvotError, RuntimeError):
+    """A model cannot be loaded or decoding cannot start; the message says why."""
+
+
+DRAWING_VARIANTS = ("interleaved", "mvot")
+
+
+@dataclass
+class Decoded:
+    """One instance's generated output."""
+
+    tokens: list[int] = field(default_factory=list)  # generated ids (no prompt)
+    parts: list[tuple[str, object]] = field(default_factory=list)  # ("text", str) | ("image", codes)
+    answer: str | None = None
+    answer_logprob: float | None = None  # log-probability of the token carrying the answer letter
+    stopped: str = ""  # "answer" | "eos" | "length"
+
+    @property
+    def text(self) -> str:
+        """All generated text, images as ``<image>``."""
+        return "".join(p if kind == "text" else "<image>" for kind, p in self.parts)
+
+    @property
+    def images(self) -> list[np.ndarray]:
+        return [p for kind, p in self.parts if kind == "image"]
+
+
+@dataclass
+class _Row:
+    index: int
+    task: str
+    budget: int
+    out: Decoded
+    image_left: int = -1  # codes still to draw in the open image; -1 outside images
+    segment: list[int] = field(default_factory=list)  # ids of the open text part
+    segment_lp: list[float] = field(default_factory=list)
+    codes: list[int] = field(default_factory=list)  # codes of the open image
+
+
+TEXT, CODE, EOI = 0, 1, 2
+
+
+class Decoder:
+    """Batched, constrained, KV-cached decoding for one model."""
+
+    def __init__(self, model, vocab: Vocab, text_tokenizer, device: str | torch.device | None = None):
+        self.model = model.eval()
+        self.vocab = vocab
+        self.text = text_tokenizer
+        self.device = torch.device(device) if device else next(model.parameters()).device
+        self.max_len = int(getattr(model.config, "max_position_embeddings", 1 << 30))
+        v = vocab
+        neg = torch.full((3, v.size), float("-inf"))
+        neg[TEXT, : v.n_text] = 0.0
+        neg[TEXT, [v.pad_id, v.bos_id]] = float("-inf")
+        neg[CODE, v.image_offset : v.size] = 0.0
+        neg[EOI, v.eoi] = 0.0
+        self._masks = neg.to(self.device)
+
+    # ------------------------------------------------------------------------------
+    def decode(
+        self,
+        prompts: list[np.ndarray],
+        tasks: list[str],
+        draw: bool,
+        max_new_tokens: int | None = None,
+        batch_size: int = 32,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        seed: int = 0,
+        on_batch=None,
+    ) -> list[Decoded]:
+        """Continue every prompt (token ids ending with ``\\nResponse: ``); results in input order.
+
+        ``draw``: whether ``<boi>`` may be emitted (the interleaved variants).
+        ``max_new_tokens``: per-row budget; default: up to the model's context length.
+        ``temperature`` 0 is greedy. ``on_batch(done, total)`` reports progress."""
+        if len(prompts) != len(tasks):
+            raise ValueError("one task per prompt")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        for t in set(tasks):
+            if t not in self.vocab.tokens_per_image:
+                raise DecodeError(f"this model's vocabulary has no images of task {t!r}; it knows {sorted(self.vocab.tokens_per_image)}")
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths together
+        results: list[Decoded | None] = [None] * len(prompts)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            outs = self._decode_batch([np.asarray(prompts[i], np.int64) for i in idx], [tasks[i] for i in idx], draw,
+                                      max_new_tokens, temperature, top_k, gen)
+            for i, o in zip(idx, outs, strict=True):
+                results[i] = o
+            if on_batch:
+                on_batch(min(start + batch_size, len(order)), len(order))
+        return results  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _decode_batch(self, prompts, tasks, draw, max_new_tokens, temperature, top_k, gen) -> list[Decoded]:
+        from transformers import DynamicCache
+
+        v, dev = self.vocab, self.device
+        n = len(prompts)
+        longest = max(len(p) for p in prompts)
+        if longest >= self.max_len:
+            raise DecodeError(f"a prompt of {longest} tokens does not fit the model's context of {self.max_len}")
+        ids = torch.full((n, longest), v.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, longest), dtype=torch.long)
+        for r, p in enumerate(prompts):
+            ids[r, longest - len(p) :] = torch.from_numpy(p)
+            mask[r, longest - len(p) :] = 1
+        rows = []
+        for r, (p, t) in enumerate(zip(prompts, tasks, strict=True)):
+            room = self.max_len - len(p)
+            rows.append(_Row(r, t, min(room, max_new_tokens) if max_new_tokens else room, Decoded()))
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        logits = self._forward(ids, mask, pos, cache)
+        last_pos = pos[:, -1]
+        live = list(range(n))  # row index of each batch slot
+        while live:
+            modes = torch.tensor([self._mode(rows[r]) for r in live], device=dev)
+            scores = logits.float() + self._masks[modes]
+            for slot, r in enumerate(live):  # <boi> only where an image still fits the budget
+                row = rows[r]
+                room = row.budget - len(row.out.tokens)
+                if draw and row.image_left < 0 and room >= v.tokens_per_image[row.task] + 2:
+                    scores[slot, v.boi] = logits[slot, v.boi].float()
+            logp = torch.log_softmax(scores, dim=-1)
+            if temperature > 0:
+                probs = torch.softmax(scores / temperature, dim=-1)
+                if top_k > 0:
+                    kth = torch.topk(probs, min(top_k, probs.shape[-1]), dim=-1).values[:, -1:]
+                    probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
+                nxt = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(1).to(dev)
+            else:
+                nxt = scores.argmax(-1)
+            chosen_lp = logp.gather(1, nxt[:, None]).squeeze(1).tolist()
+            keep = []
+            for slot, r in enumerate(live):
+                if not self._push(rows[r], int(nxt[slot]), chosen_lp[slot]):
+                    keep.append(slot)
+            if len(keep) < len(live):
+                if not keep:
+                    break
+                sel = torch.tensor(keep, device=dev)
+                cache.batch_select_indices(sel)
+                mask, nxt, last_pos = mask[sel], nxt[sel], last_pos[sel]
+                live = [live[s] for s in keep]
+            mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=dev)], dim=1)
+            last_pos = last_pos + 1
+            logits = self._forward(nxt[:, None], mask, last_pos[:, None], cache)
+        return [r.out for r in rows]
+
+    def _forward(self, ids, mask, pos, cache):
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :]
+
+    @staticmethod
+    def _mode(row: _Row) -> int:
+        if row.image_left > 0:
+            return CODE
+        if row.image_left == 0:
+            return EOI
+        return TEXT
+
+    def _push(self, row: _Row, tok: int, lp: float) -> bool:
+        """Record ``tok`` for ``row``; True when the row is finished."""
+        v, out = self.vocab, row.out
+        out.tokens.append(tok)
+        if row.image_left > 0:
+            row.codes.append(tok - v.image_offset)
+            row.image_left -= 1
+        elif row.image_left == 0:  # the forced <eoi>
+            out.parts.append(("image", np.array(row.codes, dtype=np.int64)))
+            row.codes, row.image_left = [], -1
+        elif tok == v.boi:
+            self._close_text(row)
+            row.image_left = v.tokens_per_image[row.task]
+        elif tok == v.eos_id:
+            self._close_text(row)
+            out.stopped = "eos"
+            return True
+        else:
+            row.segment.append(tok)
+            row.segment_lp.append(lp)
+            if self._find_answer(row):
+                self._close_text(row)
+                out.stopped = "answer"
+                return True
+        if len(out.tokens) >= row.budget:
+            if row.image_left >= 0:  # cannot happen: <boi> needs room for the whole image
+                raise AssertionError("image cut by the length budget")
+            self._close_text(row)
+            out.stopped = "length"
+            return True
+        return False
+
+    def _close_text(self, row: _Row) -> None:
+        if row.segment:
+            row.out.parts.append(("text", self._decode_text(row.segment)))
+            row.segment, row.segment_lp = [], []
+
+    def _decode_text(self, ids: list[int]) -> str:
+        return self.text.decode(ids, skip_special_tokens=False)
+
+    def _find_answer(self, row: _Row) -> bool:
+        """If the open text part now holds the answer line, record the letter and its log-prob."""
+        if "." not in self.text.id_to_token(row.segment[-1]):
+            return False
+        text = self._decode_text(row.segment)
+        m = ANSWER_RE.search(text)
+        if not m:
+            return False
+        row.out.answer = m.group(1)
+        letter_at = m.start(1)
+        for j in range(1, len(row.segment) + 1):  # first token whose text reaches the letter
+            if len(self._decode_text(row.segment[:j])) > letter_at:
+                row.out.answer_logprob = float(row.segment_lp[j - 1])
+                break
+        return True
+
+
+# --------------------------------------------------------------------------------------
+# Loading a model directory (the train stage's ``models/runs/<run>/model``)
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    vocab: Vocab
+    text_tokenizer: object
+    directory: Path
+    meta: dict
+
+    @property
+    def variant(self) -> str:
+        return self.meta.get("variant", "mvot")
+
+    @property
+    def draws(self) -> bool:
+        return self.variant in DRAWING_VARIANTS
+
+    def decoder(self, device=None) -> Decoder:
+        return Decoder(self.model, self.vocab, self.text_tokenizer, device)
+
+
+def load_model(directory: str | Path, device: str | None = None) -> LoadedModel:
+    """A model directory: ``config.json``, ``model.safetensors``, ``mvot.json`` and ``tokenizer/``."""
+    from transformers import AutoModelForCausalLM
+
+    from mvot.tokenizers import load_text_tokenizer
+
+    d = Path(directory)
+    if not (d / "config.json").is_file():
+        raise DecodeError(f"{d}: not a model directory (no config.json); give models/runs/<run>/model or an MLflow model URI")
+    vocab = Vocab.load(d / "tokenizer" / "vocab.json")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(d), local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise DecodeError(f"{d}: cannot load the model weights ({exc}); retrain with `dvc repro -f train`") from None
+    if model.config.vocab_size != vocab.size:
+        raise DecodeError(f"{d}: the model has {model.config.vocab_size} tokens, its vocabulary {vocab.size}; the directory is inconsistent")
+    meta = {}
+    if (d / "mvot.json").is_file():
+        try:
+            meta = json.loads((d / "mvot.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise DecodeError(f"{d}/mvot.json: unreadable ({exc})") from None
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return LoadedModel(model.to(dev).eval(), vocab, load_text_tokenizer(d / "tokenizer"), d, meta)
+
