@@ -101,6 +101,106 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import os
+    from contextlib import nullcontext
+
+    from mvot.runs import evaluate_tracked, tracking_info
+    from mvot.tracking import NullTracker, start_run
+
+    params = load_params(args.params)
+    runs = args.run or list(params.train.runs)
+    unknown = [r for r in runs if r not in params.train.runs]
+    if unknown:
+        raise CliError(f"unknown run {unknown[0]!r}; params.yaml train.runs has: {', '.join(params.train.runs)}")
+    for run in runs:
+        if not (Path(args.runs) / run / "model" / "config.json").is_file():
+            raise CliError(f"{args.runs}/{run}/model: no trained model; run `dvc repro train@{run}` first")
+    for run in runs:
+        track = not args.no_track and os.environ.get("RANK", "0") == "0"
+        # evaluation lands in the training run of the model, when there is one
+        ctx = start_run("train", run, run_id=tracking_info(Path(args.runs) / run).get("run_id")) if track else nullcontext(NullTracker())
+        with ctx as tracker:
+            results = evaluate_tracked(params, run, args.runs, args.tokens, args.raw, args.out, args.metrics, tracker)
+        for task, m in results.items():
+            print(_result_line(run, task, m))
+    return 0
+
+
+def _result_line(run: str, task: str, m: dict) -> str:
+    f = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    line = f"{run:12s} {task:12s} n={m['n']:4d} accuracy {f(m['accuracy'])}% (unparsed {m['unparsed']})"
+    if "v_acc" in m:
+        line += f"  V-Acc {f(m['v_acc'])}  V-Red {f(m['v_red'])}  V-Steps {m['v_steps']}  V-Ratio {f(m['v_ratio'])}"
+    return line + f"  [{m['decode_seconds']}s, {m['decode_tokens_per_s']:.0f} tok/s]"
+
+
+def cmd_combine(args: argparse.Namespace) -> int:
+    from mvot.evaluate import evaluate_combined
+
+    params = load_params(args.params)
+    for task, r in evaluate_combined(params, args.out, args.metrics, args.plots).items():
+        a, b = r["runs"]
+        print(f"{task:12s} {a} {r['accuracy_a']}%  {b} {r['accuracy_b']}%  upper bound {r['upper_bound']}%  "
+              f"combined {r['combined']}%  agreement {r['agreement']}%  (n={r['n']})")
+    return 0
+
+
+def cmd_solve(args: argparse.Namespace) -> int:
+    from mvot.generate import load_model
+    from mvot.solve import (
+        problem_from_image,
+        problem_from_instance,
+        read_instances,
+        renderer_of,
+        solve,
+        write_visuals,
+    )
+    from mvot.tracking import resolve_model_dir
+
+    if bool(args.instance) == bool(args.image):
+        raise CliError("give an instance file, or --image PNG with --task and --actions (not both)")
+    lm = load_model(resolve_model_dir(args.model))
+    if args.instance:
+        insts = read_instances(args.instance)
+        if args.index is not None:
+            if not 0 <= args.index < len(insts):
+                raise CliError(f"{args.instance}: --index {args.index} is out of range (the file holds {len(insts)} instances)")
+            insts = [insts[args.index]]
+        problems = [problem_from_instance(lm, i) for i in insts[: args.limit]]
+    else:
+        if not args.task or not args.actions:
+            raise CliError("--image needs --task and --actions (comma-separated, e.g. up,up,right)")
+        problems = [problem_from_image(lm, args.task, args.image, [a.strip() for a in args.actions.split(",") if a.strip()])]
+    sols = solve(lm, problems, temperature=args.temperature, seed=args.seed)
+    for sol in sols:
+        p = sol.problem
+        print(f"== {p.uid} ({p.task}, actions: {', '.join(p.actions)})")
+        k = 0
+        for kind, part in sol.decoded.parts:
+            if kind == "text":
+                print(part.strip())
+            else:
+                k += 1
+                state = sol.states[k - 1] if k <= len(sol.states) else None
+                print(f"  [visual thought {k}: drawn state read back as {_describe(state)}]")
+        truth = f" (true answer {p.instance.answer}: {'correct' if sol.answer == p.instance.answer else 'wrong'})" if p.instance else ""
+        print(f"answer: {sol.answer or '(none)'}{truth}")
+        files = write_visuals(sol, renderer_of(lm, p.task), args.out)
+        print(f"visual thoughts: {files['strip']}  {files['gif']}")
+    return 0
+
+
+def _describe(state) -> str:
+    if state is None:
+        return "nothing"
+    if hasattr(state, "agent"):
+        return f"agent at {tuple(state.agent)}"
+    if hasattr(state, "path"):
+        return f"path ending at {tuple(state.path[-1])}"
+    return type(state).__name__
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from mvot.importer import import_mvot
 
@@ -175,6 +275,35 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("path", help="a maze gridN.json, a frozenlake levelN directory, or a folder holding them")
     i.add_argument("--out", default="data/imported", help="where to write <task>/<name>.jsonl")
     i.set_defaults(fn=cmd_import)
+
+    e = sub.add_parser("evaluate", help="decode and score the test splits of trained runs (DVC stage 'evaluate')")
+    e.add_argument("--run", action="append", help="run(s) of train.runs (default: all)")
+    e.add_argument("--runs", default="models/runs", help="trained runs (default: models/runs)")
+    e.add_argument("--tokens", default="data/tokens")
+    e.add_argument("--raw", default="data/raw")
+    e.add_argument("--out", default="eval", help="predictions and strips (default: eval)")
+    e.add_argument("--metrics", default="metrics", help="metrics/<task>/<run>.json (default: metrics)")
+    e.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    e.set_defaults(fn=cmd_evaluate)
+
+    c = sub.add_parser("combine", help="MVoT+CoT upper bound, combined predictor, accuracy-by-size tables (DVC stage 'combine')")
+    c.add_argument("--out", default="eval", help="where `mvot evaluate` wrote predictions (default: eval)")
+    c.add_argument("--metrics", default="metrics")
+    c.add_argument("--plots", default="plots")
+    c.set_defaults(fn=cmd_combine)
+
+    s = sub.add_parser("solve", help="watch a model think: reasoning steps, answer, and visual thoughts as PNG strip and GIF")
+    s.add_argument("instance", nargs="?", help="an instance file: ours (.json/.jsonl) or the paper's (gridN.json, data.json)")
+    s.add_argument("--model", required=True, help="models/runs/<run>/model, or an MLflow URI such as models:/mvot@champion")
+    s.add_argument("--index", type=int, help="solve only the instance at this index of the file")
+    s.add_argument("--limit", type=int, default=8, help="at most this many instances of the file (default: 8)")
+    s.add_argument("--image", help="an initial-state image instead of an instance file")
+    s.add_argument("--task", choices=TASKS, help="with --image: the task")
+    s.add_argument("--actions", help="with --image: comma-separated actions, e.g. up,up,right")
+    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="solve", help="where to write <uid>.strip.png and <uid>.thoughts.gif (default: solve)")
+    s.set_defaults(fn=cmd_solve)
 
     b = sub.add_parser("bench", help="benchmarks that print figures")
     b.add_argument("what", choices=["generate", "parse", "train"],

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mvot.config import ConfigError
+from mvot.config import TASKS, ConfigError
 from mvot.render import Renderer
 from mvot.worlds import Instance, letters
 
@@ -321,11 +321,20 @@ def evaluate_run(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for task, metrics in results.items():
+    for task in TASKS:  # a task the run was not trained on is marked, so every stage output exists
+        results.setdefault(task, None)
+    for task, metrics in list(results.items()):
+        if metrics is None:
+            metrics = _not_trained(task, run)
+            del results[task]
         path = Path(metrics_dir) / task / f"{run}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return results
+
+
+def _not_trained(task: str, run: str) -> dict:
+    return {"task": task, "run": run, "evaluated": False, "reason": "not in the run's train.tasks"}
 
 
 def _write_strips(directory: Path, renderer: Renderer, insts, records, pictures, k: int) -> None:
@@ -348,7 +357,15 @@ def evaluate_combined(params, out_dir: str | Path = "eval", metrics_dir: str | P
         raise ConfigError(f"evaluate.combine names {missing}, not runs of train.runs ({', '.join(params.train.runs)}); "
                           "fix evaluate.combine in params.yaml")
     results = {}
-    for task in params.train.tasks:
+    for task in TASKS:
+        if task not in params.train.tasks:
+            path = Path(metrics_dir) / task / "combined.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(_not_trained(task, f"{a}+{b}"), indent=2, sort_keys=True) + "\n")
+            csv = Path(plots_dir) / f"accuracy_by_size_{task}.csv"
+            csv.parent.mkdir(parents=True, exist_ok=True)
+            csv.write_text("size," + ",".join(params.train.runs) + "\n")
+            continue
         ra = read_records(Path(out_dir) / a / task / "predictions.jsonl")
         rb = read_records(Path(out_dir) / b / task / "predictions.jsonl")
         res = {"task": task, "runs": [a, b]} | combine(ra, rb)

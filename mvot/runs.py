@@ -76,3 +76,51 @@ def _append_curve(path: Path, step: int, metrics: dict) -> None:
         w = csv.DictWriter(fh, fieldnames=["step", *CURVE_COLUMNS], restval="")
         w.writeheader()
         w.writerows(rows)
+
+
+# --------------------------------------------------------------------------------------
+# Evaluation of a trained run, tracked in that run
+
+
+def tracking_info(run_dir: str | Path) -> dict:
+    """``{run_id, model_uri}`` written by a tracked training run (empty when untracked)."""
+    p = Path(run_dir) / "tracking.json"
+    try:
+        return json.loads(p.read_text()) if p.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+SCALARS = ("accuracy", "unparsed", "v_acc", "v_red", "v_steps", "v_ratio", "drawn_vs_true_steps", "mean_new_tokens",
+           "decode_seconds", "decode_tokens_per_s")
+
+
+def evaluate_tracked(
+    params: Params,
+    run: str,
+    runs_root: str | Path = "models/runs",
+    tokens_dir: str | Path = "data/tokens",
+    raw_dir: str | Path = "data/raw",
+    out_dir: str | Path = "eval",
+    metrics_dir: str | Path = "metrics",
+    tracker=None,
+    progress: bool = True,
+) -> dict:
+    """Score run ``run`` on every task's test split (:func:`mvot.evaluate.evaluate_run`)
+    and log the figures (``test/<task>/<metric>``, accuracy per grid size), the metrics
+    files, the predictions and the true-vs-drawn strips to ``tracker``."""
+    from mvot.evaluate import evaluate_run
+
+    tracker = tracker or NullTracker()
+    model_dir = Path(runs_root) / run / "model"
+    results = evaluate_run(params, run, model_dir, tokens_dir, raw_dir, out_dir, metrics_dir, progress=progress)
+    flat: dict[str, float] = {}
+    for task, m in results.items():
+        flat |= {f"test/{task}/{k}": float(m[k]) for k in SCALARS if isinstance(m.get(k), (int, float))}
+        flat |= {f"test/{task}/accuracy_size_{s}": float(v) for s, v in m["accuracy_by_size"].items() if v is not None}
+        tracker.log_dict(m, f"eval/{task}/metrics.json")
+    tracker.log_metrics(flat)
+    tracker.set_tags({"evaluated": "true"} | {f"test_version.{k}": v for k, v in dvc_out_hashes(
+        [f"{Path(tokens_dir).as_posix()}/{t}" for t in results]).items()})
+    tracker.log_artifacts(Path(out_dir) / run, "eval")
+    return results

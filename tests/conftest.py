@@ -116,53 +116,64 @@ def tiny_tokens(tmp_path_factory, tiny_tokenizer, tiny_generated):
     return params, tok_dir, out / "tokens"
 
 
-def few_instances(raw_dir: Path, tokens_dir: Path, task: str, n: int, dest: Path) -> tuple[Path, Path]:
-    """Raw data and token arrays whose train *and* test splits are the first ``n`` train instances."""
+def few_instances(raw_dir: Path, tokens_dir: Path, task: str, n: int, dest: Path, max_steps: int = 99) -> tuple[Path, Path]:
+    """Raw data and token arrays whose train *and* test splits are the first ``n`` train
+    instances with at most ``max_steps`` steps (short traces train fast)."""
+    import json
     import shutil
+
+    from mvot.worlds import instance_from_json
 
     raw, tok = dest / "raw", dest / "tokens"
     shutil.copytree(raw_dir / task, raw / task)
-    lines = (raw / task / "train.jsonl").read_text().splitlines(keepends=True)[:n]
-    (raw / task / "train.jsonl").write_text("".join(lines))
-    (raw / task / "test.jsonl").write_text("".join(lines))
+    lines = (raw / task / "train.jsonl").read_text().splitlines(keepends=True)
+    keep = [i for i, line in enumerate(lines) if instance_from_json(json.loads(line)).n_steps <= max_steps][:n]
+    (raw / task / "train.jsonl").write_text("".join(lines[i] for i in keep))
+    (raw / task / "test.jsonl").write_text("".join(lines[i] for i in keep))
     shutil.copy2(raw / task / "train.images.zip", raw / task / "test.images.zip")
     src = tokens_dir / task / "train"
+    ids = (src / "ids.txt").read_text().splitlines(keepends=True)
     for split in ("train", "test"):
         d = tok / task / split
         d.mkdir(parents=True)
-        (d / "ids.txt").write_text("".join((src / "ids.txt").read_text().splitlines(keepends=True)[:n]))
+        (d / "ids.txt").write_text("".join(ids[i] for i in keep))
         for name in ("initial_pos", "initial_codes"):
-            np.save(d / f"{name}.npy", np.load(src / f"{name}.npy")[:n])
+            np.save(d / f"{name}.npy", np.load(src / f"{name}.npy")[keep])
         for variant in [p.name for p in src.iterdir() if p.is_dir()]:
             (d / variant).mkdir()
-            off = np.load(src / variant / "offsets.npy")[: n + 1]
-            np.save(d / variant / "offsets.npy", off)
+            off = np.load(src / variant / "offsets.npy")
+            spans = [np.arange(off[i], off[i + 1]) for i in keep]
+            np.save(d / variant / "offsets.npy", np.concatenate([[0], np.cumsum([len(x) for x in spans])]).astype(off.dtype))
+            at = np.concatenate(spans)
             for name in ("tokens", "supervised", "image"):
-                np.save(d / variant / f"{name}.npy", np.load(src / variant / f"{name}.npy")[: off[-1]])
+                np.save(d / variant / f"{name}.npy", np.load(src / variant / f"{name}.npy")[at])
     return raw, tok
 
 
-def overfit_raw(raw: dict, steps: int = 300) -> dict:
+OVERFIT_N = 4  # instances the overfit model memorises
+
+
+def overfit_raw(raw: dict, steps: int = 150) -> dict:
     """Params of a tiny MVoT model that memorises a handful of FROZENLAKE traces."""
     raw = tiny_tokenizer_raw(raw)
     raw["train"] |= {"runs": {"mvot": {"variant": "mvot", "ld_weight": 1.0}, "direct": {"variant": "direct", "ld_weight": 0.0}},
                      "tasks": ["frozenlake"], "steps": steps, "lr": 0.01, "warmup": 5, "augment": False,
                      "model": {"d_model": 64, "n_layer": 2, "n_head": 2, "d_ff": 128, "max_len": 1024},
                      "log_every": 50, "checkpoint_every": 1000}
-    raw["evaluate"] |= {"combine": ["mvot", "direct"], "batch_size": 4, "strips": 2}
+    raw["evaluate"] |= {"combine": ["mvot", "direct"], "batch_size": 4, "strips": 2, "limit": 0}
     return raw
 
 
 @pytest.fixture(scope="session")
 def tiny_overfit(tmp_path_factory, tiny_tokens, tiny_generated, raw_params):
-    """A tiny MVoT model trained to memorise 6 FROZENLAKE instances, whose test split is
-    those same 6: (params, model dir, raw dir, tokens dir, tokenizer dir)."""
+    """A tiny MVoT model trained to memorise OVERFIT_N short FROZENLAKE traces, whose test
+    split is those same instances: (params, model dir, raw dir, tokens dir, tokenizer dir)."""
     from mvot.train import train
 
     _, tok_dir, tokens_dir = tiny_tokens
     root, _ = tiny_generated
     dest = tmp_path_factory.mktemp("overfit")
-    raw, tok = few_instances(root / "raw", tokens_dir, "frozenlake", 6, dest)
+    raw, tok = few_instances(root / "raw", tokens_dir, "frozenlake", OVERFIT_N, dest, max_steps=4)
     params = parse_params(overfit_raw(raw_params))
     train(params, "mvot", tok, tok_dir, dest / "runs" / "mvot", progress=False)
     return params, dest / "runs" / "mvot" / "model", raw, tok, tok_dir

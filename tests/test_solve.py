@@ -1,0 +1,66 @@
+"""`mvot solve` end to end on a tiny trained model, and its clear errors."""
+
+from PIL import Image
+
+from mvot.cli import main
+
+
+def test_solve_an_instance_file(tiny_overfit, tmp_path, capsys):
+    params, model_dir, raw, _, _ = tiny_overfit
+    inst_file = raw / "frozenlake" / "test.jsonl"
+    code = main(["solve", str(inst_file), "--index", "0", "--model", str(model_dir), "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "answer: " in out and "visual thought 1" in out and "(true answer" in out
+    strips = list((tmp_path / "out").glob("*.strip.png"))
+    gifs = list((tmp_path / "out").glob("*.thoughts.gif"))
+    assert len(strips) == 1 and len(gifs) == 1
+    gif = Image.open(gifs[0])
+    assert gif.n_frames >= 2  # the initial state, then at least one thought
+
+
+def test_solve_an_image_and_actions(tiny_overfit, tmp_path, capsys):
+    from mvot.data import read_split
+    from mvot.render import Renderer
+
+    params, model_dir, raw, _, _ = tiny_overfit
+    inst = read_split(raw / "frozenlake", "test")[0]
+    png = tmp_path / "start.png"
+    Renderer.from_params(params, "frozenlake").render(inst.states[0]).save(png)
+    code = main(["solve", "--image", str(png), "--task", "frozenlake", "--actions", ",".join(inst.actions),
+                 "--model", str(model_dir), "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0 and "answer: " in out
+    assert (tmp_path / "out" / "input.thoughts.gif").is_file()
+
+
+def test_solve_refuses_bad_input(tiny_overfit, tmp_path, capsys, monkeypatch):
+    _, model_dir, raw, _, _ = tiny_overfit
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"task": "frozenlake", "this is": "not an instance"}\n')
+    assert main(["solve", str(bad), "--model", str(model_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "bad.jsonl" in err and "error" in err
+
+    notjson = tmp_path / "broken.json"
+    notjson.write_text("{ nope")
+    assert main(["solve", str(notjson), "--model", str(model_dir)]) == 1
+    assert "broken.json" in capsys.readouterr().err
+
+    small = tmp_path / "small.png"
+    Image.new("RGB", (50, 50), (255, 255, 255)).save(small)
+    assert main(["solve", "--image", str(small), "--task", "frozenlake", "--actions", "up", "--model", str(model_dir)]) == 1
+    assert "50x50" in capsys.readouterr().err
+
+    assert main(["solve", "--image", str(small), "--task", "frozenlake", "--model", str(model_dir)]) == 1
+    assert "--actions" in capsys.readouterr().err
+
+    assert main(["solve", str(raw / "frozenlake" / "test.jsonl"), "--index", "99", "--model", str(model_dir)]) == 1
+    assert "out of range" in capsys.readouterr().err
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main(["solve", str(raw / "frozenlake" / "test.jsonl"), "--model", "models:/no-such-model@champion"]) == 1
+    assert "no-such-model" in capsys.readouterr().err
+
+    assert main(["solve", str(raw / "frozenlake" / "test.jsonl"), "--model", str(tmp_path)]) == 1
+    assert "no config.json" in capsys.readouterr().err
