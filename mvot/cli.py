@@ -215,6 +215,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from mvot.bench import bench_generate, bench_parse
 
     params = load_params(args.params)
+    if args.what == "decode":
+        from mvot.bench_decode import bench_decode
+        from mvot.bench_decode import format_table as decode_table
+
+        r = bench_decode(params, args.run, args.runs, args.tokens, (args.task or ["frozenlake"])[0], args.n_single,
+                         args.n_batched, args.batch_size)
+        print(json.dumps(r, indent=2))
+        print(decode_table(r))
+        return 0
     if args.what == "train":
         from mvot.bench_train import bench_train, format_table
 
@@ -306,8 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_solve)
 
     b = sub.add_parser("bench", help="benchmarks that print figures")
-    b.add_argument("what", choices=["generate", "parse", "train"],
-                   help="generation speed, parse accuracy under perturbations, or training throughput (MFU, vs Trainer)")
+    b.add_argument("what", choices=["generate", "parse", "train", "decode"],
+                   help="generation speed, parse accuracy under perturbations, training throughput (MFU, vs Trainer), "
+                        "or decoding throughput (single vs batched vs HF generate)")
     b.add_argument("--n", type=int, default=300, help="instances per task")
     b.add_argument("--task", action="append", choices=TASKS)
     b.add_argument("--run", default="mvot", help="train: the run of train.runs to measure (default: mvot)")
@@ -316,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=2, help="train: interleaved rounds of ours and Trainer, best kept (default: 2)")
     b.add_argument("--tokens", default="data/tokens", help="train: token arrays (default: data/tokens)")
     b.add_argument("--tokenizer", default="models/tokenizer", help="train: tokenizer directory (default: models/tokenizer)")
+    b.add_argument("--runs", default="models/runs", help="decode: trained runs (default: models/runs)")
+    b.add_argument("--n-single", type=int, default=8, help="decode: prompts decoded one at a time, and by HF generate (default: 8)")
+    b.add_argument("--n-batched", type=int, default=64, help="decode: prompts decoded in batches (default: 64)")
+    b.add_argument("--batch-size", type=int, help="decode: rows a batch (default: evaluate.batch_size)")
     b.set_defaults(fn=cmd_bench)
 
     v = sub.add_parser("params", help="validate params.yaml and print it with every default filled in")
