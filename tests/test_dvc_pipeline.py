@@ -55,6 +55,12 @@ def test_repro_status_push_pull(repo):
     assert "didn't change" in again and "Running stage" not in again
     shown = _run(["dvc", "metrics", "show"], repo)
     assert "data/stats/maze.json" in shown and "metrics/tokenizer.json" in shown
+    # every trained run scored on every task, the combination of evaluate.combine beside them
+    for task in TASKS:
+        assert f"metrics/{task}/mvot.json" in shown and f"metrics/{task}/combined.json" in shown
+        assert (repo / "plots" / f"accuracy_by_size_{task}.csv").read_text().startswith("size,direct,mvot")
+    assert "v_acc" in (repo / "metrics" / "maze" / "mvot.json").read_text()
+    assert "v_acc" not in (repo / "metrics" / "maze" / "direct.json").read_text()  # Direct draws nothing
     # the tokenizer run went to the repository's embedded MLflow store
     from mlflow.tracking import MlflowClient
 
@@ -65,6 +71,11 @@ def test_repro_status_push_pull(repo):
     train_runs = client.search_runs([client.get_experiment_by_name("train").experiment_id])
     assert {r.data.tags["run"] for r in train_runs} == {"direct", "mvot"}
     assert all(r.data.tags.get("data_version.data/tokens/maze") for r in train_runs)
+    # evaluation logged into the training run of each model
+    assert all("test/maze/accuracy" in r.data.metrics and r.data.tags.get("evaluated") == "true" for r in train_runs)
+    mvot_run = next(r for r in train_runs if r.data.tags["run"] == "mvot")
+    assert "test/minibehavior/drawn_steps" in mvot_run.data.metrics  # V-Acc too, once it draws
+    assert client.get_experiment_by_name("evaluate") is not None  # the combined predictor's run
     # the default remote is a folder inside the working tree, ignored by git
     _run(["dvc", "push"], repo)
     assert any((repo / ".dvcstore").rglob("*"))
