@@ -1,5 +1,5 @@
 # The two commands a newcomer needs:
-#   make run    set up .venv (pinned) and run the pipeline (dvc repro)
+#   make run    set up .venv (pinned) and run the whole pipeline: dvc repro, results table, promotion
 #   make test   run the test suite (what CI runs)
 SHELL := /bin/bash
 VENV := .venv
@@ -8,10 +8,13 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: run setup test lint bench clean
+.PHONY: run smoke setup test lint bench clean
 
 run: setup
-	dvc repro
+	$(PY) -m flows.pipeline
+
+smoke: setup
+	$(PY) -m flows.pipeline --profile smoke
 
 setup: $(VENV)/.installed
 

@@ -47,7 +47,7 @@ def _print_stats(stats: dict) -> None:
         print(f"  {split:5s} n={s['instances']:6d} layouts={s['distinct_layouts']:6d} answers[{answers}] sizes[{sizes}] steps~{s['steps_mean']}")
 
 
-def _tracked(args: argparse.Namespace, experiment: str, run_name: str):
+def _tracked(args: argparse.Namespace, experiment: str, run_name: str, parent_run_id: str | None = None):
     """An MLflow run (embedded sqlite store unless MLFLOW_TRACKING_URI says otherwise),
     or a null tracker with --no-track and in every torchrun process but the first."""
     import os
@@ -57,7 +57,7 @@ def _tracked(args: argparse.Namespace, experiment: str, run_name: str):
 
     if args.no_track or os.environ.get("RANK", "0") != "0":
         return nullcontext(NullTracker())
-    return start_run(experiment, run_name)
+    return start_run(experiment, run_name, parent_run_id=parent_run_id)
 
 
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
@@ -95,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if unknown:
         raise CliError(f"unknown run {unknown[0]!r}; params.yaml train.runs has: {', '.join(params.train.runs)}")
     for run in runs:
-        with _tracked(args, "train", run) as tracker:
+        with _tracked(args, args.experiment, args.run_name or run, args.parent_run_id) as tracker:
             summary = train_run(params, run, args.tokens, args.tokenizer, args.out, tracker, args.log_jsonl, args.resume)
         print(json.dumps({"run": run} | summary, indent=2))
     return 0
@@ -144,6 +144,23 @@ def cmd_combine(args: argparse.Namespace) -> int:
         print(f"{task:12s} {a} {r['accuracy_a']}%  {b} {r['accuracy_b']}%  upper bound {r['upper_bound']}%  "
               f"combined {r['combined']}%  agreement {r['agreement']}%  (n={r['n']})")
     return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from mvot.promote import promote_run
+
+    params = load_params(args.params)
+    outcome = promote_run(params, args.run, args.runs)
+    print(_promotion_line(params.promote.model_name, outcome))
+    return 0
+
+
+def _promotion_line(name: str, outcome) -> str:
+    if outcome.version is None:
+        return f"{name}: not registered: {'; '.join(outcome.decision.reasons)}"
+    verdict = "champion" if outcome.decision.promote else "challenger only"
+    return (f"{name} version {outcome.version} -> {verdict} (champion before: {outcome.champion_before or 'none'}): "
+            + "; ".join(outcome.decision.reasons))
 
 
 def cmd_solve(args: argparse.Namespace) -> int:
@@ -278,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue from <out>/<name>/checkpoint")
     r.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     r.add_argument("--log-jsonl", help="also append the logged metrics to this JSON-lines file")
+    r.add_argument("--experiment", default="train", help="MLflow experiment (default: train)")
+    r.add_argument("--run-name", help="MLflow run name (default: the run's name)")
+    r.add_argument("--parent-run-id", help="log as a child of this MLflow run (sweep trials)")
     r.set_defaults(fn=cmd_train)
 
     i = sub.add_parser("import-mvot", help="import the MVoT paper's released data format")
@@ -300,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--metrics", default="metrics")
     c.add_argument("--plots", default="plots")
     c.set_defaults(fn=cmd_combine)
+
+    pr = sub.add_parser("promote", help="register a trained, evaluated run; move 'challenger', and 'champion' if it wins")
+    pr.add_argument("--run", help="run of train.runs (default: params.yaml promote.run)")
+    pr.add_argument("--runs", default="models/runs")
+    pr.set_defaults(fn=cmd_promote)
 
     s = sub.add_parser("solve", help="watch a model think: reasoning steps, answer, and visual thoughts as PNG strip and GIF")
     s.add_argument("instance", nargs="?", help="an instance file: ours (.json/.jsonl) or the paper's (gridN.json, data.json)")

@@ -13,10 +13,18 @@ Derived values (image size, canvas size) are properties, never extra keys.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mvot.errors import MvotError
 
@@ -239,6 +247,43 @@ class EvaluateConfig(_Section):
     combine: tuple[str, str] = Field(strict=False, description="two runs whose upper bound and combined predictor are reported (paper: MVoT and CoT)")
 
 
+class PromoteConfig(_Section):
+    """``promote``: the model registry's rule for moving the ``champion`` alias."""
+
+    model_name: str = Field("mvot", min_length=1, max_length=200, description="registered model name")
+    run: str = Field("mvot", min_length=1, description="the run of train.runs whose model is the candidate")
+    v_margin: float = Field(2.0, ge=0.0, le=100.0,
+                            description="largest allowed V-Acc drop / V-Red rise (percentage points) against the champion")
+
+
+class SweepGrid(_Section):
+    """``sweep.grid``: every combination of these lists is one trial."""
+
+    variant: list[Literal["direct", "cot", "interleaved", "mvot"]] = Field(["mvot"], min_length=1)
+    ld_weight: list[float] = Field([0.0, 1.0], min_length=1)
+    ld_distance: list[Literal["euclidean", "mse"]] = Field(["euclidean"], min_length=1)
+    ld_reduction: list[Literal["mean", "sum"]] = Field(["mean"], min_length=1)
+    patch_px: list[int] = Field([16], min_length=1, description="tokens per image: (image side / patch_px)^2")
+    seed: list[int] = Field([0, 1, 2], min_length=1)
+
+    @field_validator("ld_weight")
+    @classmethod
+    def _weights(cls, v):
+        if any(w < 0 for w in v):
+            raise ValueError("L_D weights must be >= 0")
+        return v
+
+
+class SweepConfig(_Section):
+    """``sweep``: an ablation grid run by ``flows/sweep.py`` (trials in parallel)."""
+
+    name: str = Field("ablation", pattern=r"^[A-Za-z0-9_.-]+$", description="sweeps/<name>/ and the MLflow parent run")
+    grid: SweepGrid = SweepGrid()
+    max_workers: int = Field(2, ge=1, le=256, description="trials at once (threads, or Dask workers with --dask)")
+    train_steps: int = Field(0, ge=0, description="train.steps of each trial; 0 = train.steps")
+    evaluate_limit: int = Field(0, ge=0, description="test instances per task of each trial; 0 = evaluate.limit")
+
+
 class Params(_Section):
     """All of ``params.yaml``."""
 
@@ -249,6 +294,8 @@ class Params(_Section):
     tokenize: TokenizeConfig
     train: TrainConfig
     evaluate: EvaluateConfig
+    promote: PromoteConfig = PromoteConfig()
+    sweep: SweepConfig = SweepConfig()
 
     @model_validator(mode="after")
     def _check_patches(self):
@@ -353,3 +400,19 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     return parse_params(raw, str(path))
+
+
+REPLACED_WHOLE = ("train.runs",)  # mappings an override replaces rather than merges into
+
+
+def merge_overrides(raw: dict, overrides: dict, where: str = "") -> dict:
+    """``raw`` with ``overrides`` merged in section by section (a profile, ``--set`` values):
+    a mapping replaces only the keys it names (except ``train.runs``, a profile's list of
+    runs, which it replaces whole), any other value replaces the whole entry."""
+    out = dict(raw)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and f"{where}{key}" not in REPLACED_WHOLE:
+            out[key] = merge_overrides(out[key], value, f"{where}{key}.")
+        else:
+            out[key] = value
+    return out

@@ -134,10 +134,12 @@ class MlflowTracker(NullTracker):
 
 @contextmanager
 def start_run(
-    experiment: str, run_name: str, root: str | Path = ".", uri: str | None = None, run_id: str | None = None
+    experiment: str, run_name: str, root: str | Path = ".", uri: str | None = None, run_id: str | None = None,
+    parent_run_id: str | None = None,
 ) -> Iterator[MlflowTracker]:
-    """An MLflow run in ``experiment`` (created with an artifact location under ``root``);
-    with ``run_id``, that existing run is continued instead."""
+    """An MLflow run in ``experiment`` (created with an artifact location under ``root``),
+    a child of ``parent_run_id`` when given (a sweep trial, possibly in another thread or
+    process); with ``run_id``, that existing run is continued instead."""
     import mlflow
 
     uri = uri or default_uri(root)
@@ -160,6 +162,8 @@ def start_run(
         except mlflow.exceptions.MlflowException:
             run_id = None  # the run is not in this store (another machine's): start a new one
     kwargs = {"run_id": run_id} if run_id else {"experiment_id": exp_id, "run_name": run_name}
+    if parent_run_id and not run_id:
+        kwargs["tags"] = {"mlflow.parentRunId": parent_run_id}  # works from any thread or process
     with mlflow.start_run(**kwargs) as run:
         yield MlflowTracker(run)
 
@@ -249,13 +253,68 @@ def resolve_model_dir(uri: str, tracking_uri: str | None = None) -> Path:
     return found[0].parent
 
 
-def register_model(model_uri: str, name: str, aliases: tuple[str, ...] = ()) -> str:
-    """Register ``model_uri`` under ``name`` and point ``aliases`` at the new version."""
-    import mlflow
-    from mlflow import MlflowClient
+class MlflowRegistry:
+    """The MLflow model registry behind :func:`mvot.promote.promote` (one registered model)."""
 
-    version = mlflow.register_model(model_uri, name).version
-    client = MlflowClient()
-    for alias in aliases:
-        client.set_registered_model_alias(name, alias, version)
-    return str(version)
+    def __init__(self, name: str, uri: str | None = None):
+        import mlflow
+        from mlflow import MlflowClient
+
+        uri = uri or default_uri()
+        check_reachable(uri)
+        mlflow.set_tracking_uri(uri)
+        self.name = name
+        self.client = MlflowClient(tracking_uri=uri)
+        self._error = mlflow.exceptions.MlflowException
+
+    def run_scores(self, run_id: str):
+        from mvot.promote import PromotionError, Scores
+
+        try:
+            run = self.client.get_run(run_id)
+        except self._error as exc:
+            raise PromotionError(f"MLflow run {run_id} not found ({str(exc).splitlines()[0]}); "
+                                 "was it trained against another tracking store?") from None
+        return Scores.from_run(run_id, dict(run.data.metrics), dict(run.data.tags))
+
+    def alias_run(self, alias: str) -> tuple[str, str] | None:
+        try:
+            mv = self.client.get_model_version_by_alias(self.name, alias)
+        except self._error:  # no such model or alias
+            return None
+        return str(mv.version), mv.run_id
+
+    def aliases(self) -> dict[str, str]:
+        try:
+            return {a: str(v) for a, v in self.client.get_registered_model(self.name).aliases.items()}
+        except self._error:
+            return {}
+
+    def register(self, model_uri: str, run_id: str | None = None) -> str:
+        import mlflow
+
+        try:
+            return str(mlflow.register_model(model_uri, self.name).version)
+        except self._error as exc:
+            raise TrackingError(f"cannot register {model_uri} as {self.name!r}: {str(exc).splitlines()[0]}") from None
+
+    def move_aliases(self, moves: dict[str, str]) -> None:
+        """Point each alias at its version; on any failure the aliases moved so far are put
+        back (or deleted, if they did not exist), then the error is raised."""
+        before = self.aliases()
+        done = []
+        try:
+            for alias, version in moves.items():
+                self.client.set_registered_model_alias(self.name, alias, version)
+                done.append(alias)
+        except Exception:
+            for alias in reversed(done):
+                if alias in before:
+                    self.client.set_registered_model_alias(self.name, alias, before[alias])
+                else:
+                    self.client.delete_registered_model_alias(self.name, alias)
+            raise
+
+    def tag_version(self, version: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.name, version, key, value)

@@ -1,0 +1,210 @@
+"""Prefect flow `sweep`: the ablation grid of params.yaml `sweep`, trials in parallel.
+
+    python -m flows.sweep                                   # thread pool, sweep.max_workers at once
+    python -m flows.sweep --set sweep.grid.seed=[0,1,2] --set sweep.train_steps=300
+    python -m flows.sweep --dask                            # a local Dask cluster (prefect-dask)
+    python -m flows.sweep --dask tcp://scheduler:8786       # an existing Dask cluster
+
+Each trial (variant x L_D weight/distance/reduction x tokens per image x seed) trains one
+model and scores it on the test splits, in its own process (`mvot train`, `mvot evaluate`)
+so that trials are deterministic and isolated whatever runs beside them; Prefect's task
+runner decides how many run at once and where. Inputs come from the DVC pipeline
+(data/raw, data/tokens, models/tokenizer: run `dvc repro tokenize` first); a tokens-per-
+image value other than `tokenizer.patch_px` gets its own tokenizer and token arrays under
+sweeps/<name>/patch<px>/, made once per sweep.
+
+MLflow: one parent run (experiment `sweep`, named after the sweep) with a child run per
+trial (the parent's id is passed to each trial's process); the parent holds the
+comparison table (mean and spread over seeds) and plots, also published as Prefect
+artifacts. Outputs: sweeps/<name>/trials/<trial>/ and sweeps/<name>/summary/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import yaml
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.pipeline import ROOT, PipelineError, markdown_table, resolve_params
+from mvot.config import TASKS, parse_params
+from mvot.errors import MvotError
+from mvot.sweep import (
+    CONFIG_KEYS,
+    GRID_KEYS,
+    aggregate,
+    trial_key,
+    trial_raw,
+    trials,
+    write_summary,
+)
+from mvot.tracking import NullTracker, check_reachable, default_uri, start_run
+
+
+def _mvot(args: list[str], cwd: Path, log: Path, env_extra: dict | None = None) -> str:
+    """One ``mvot`` command in its own process; its output goes to ``log``; a failure raises
+    with the log's tail."""
+    import os
+
+    env = os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true", **(env_extra or {})}
+    res = subprocess.run([sys.executable, "-m", "mvot.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    with log.open("a") as fh:
+        fh.write(f"$ mvot {' '.join(args)}\n{res.stdout}\n{res.stderr}\n")
+    if res.returncode != 0:
+        raise PipelineError(f"`mvot {args[2] if len(args) > 2 else args}` failed (exit {res.returncode}); "
+                            f"see {log}:\n{res.stderr[-2000:]}")
+    return res.stdout
+
+
+@task(name="sweep-tokens", task_run_name="tokens-patch{patch_px}", cache_policy=NO_CACHE)
+def prepare_tokens(raw: dict, patch_px: int, root: str, sweep_dir: str, track: bool) -> tuple[str, str]:
+    """Token arrays and tokenizer for ``patch_px``: the pipeline's when it is the default,
+    else trained and tokenized once under the sweep directory."""
+    r = Path(root)
+    if patch_px == raw["tokenizer"]["patch_px"]:
+        if not (r / "data" / "tokens").is_dir() or not (r / "models" / "tokenizer").is_dir():
+            raise PipelineError("data/tokens or models/tokenizer missing: run `dvc repro tokenize` first")
+        return str(r / "data" / "tokens"), str(r / "models" / "tokenizer")
+    d = Path(sweep_dir) / f"patch{patch_px}"
+    tokens, tokenizer = d / "tokens", d / "tokenizer"
+    if (tokens / "done").is_file():
+        return str(tokens), str(tokenizer)
+    d.mkdir(parents=True, exist_ok=True)
+    pr = yaml.safe_load(yaml.safe_dump(raw))
+    pr["tokenizer"]["patch_px"] = patch_px
+    parse_params(pr, f"sweep tokenizer patch_px={patch_px}")
+    (d / "params.yaml").write_text(yaml.safe_dump(pr, sort_keys=False))
+    common = ["--params", str(d / "params.yaml")]
+    _mvot([*common, "train-tokenizer", "--raw", str(r / "data/raw"), "--out", str(tokenizer), "--metrics",
+           str(d / "tokenizer.json"), *([] if track else ["--no-track"])], r, d / "log.txt")
+    _mvot([*common, "tokenize", "--raw", str(r / "data/raw"), "--tokenizer", str(tokenizer), "--out", str(tokens),
+           "--stats-dir", str(d / "stats")], r, d / "log.txt")
+    (tokens / "done").write_text("ok\n")
+    return str(tokens), str(tokenizer)
+
+
+@task(name="sweep-trial", task_run_name="trial-{key}", cache_policy=NO_CACHE)
+def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: str, sweep_dir: str,
+              parent_run_id: str | None, tracking_uri: str | None) -> dict:
+    """Train and score one trial in its own processes; a failure is recorded, not raised,
+    so that one bad trial does not lose the others."""
+    d = Path(sweep_dir) / "trials" / key
+    d.mkdir(parents=True, exist_ok=True)
+    row = {k: t[k] for k in GRID_KEYS} | {"trial": key, "status": "failed", "tasks": {}}
+    try:
+        (d / "params.yaml").write_text(yaml.safe_dump(trial_raw(raw, t), sort_keys=False))
+        common = ["--params", str(d / "params.yaml")]
+        env = {"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {}
+        track = (["--experiment", "sweep", "--run-name", key, "--parent-run-id", parent_run_id]
+                 if parent_run_id else ["--no-track"])
+        t0 = time.perf_counter()
+        out = _mvot([*common, "train", "--run", "trial", "--tokens", tokens, "--tokenizer", tokenizer, "--out",
+                     str(d / "runs"), *track], Path(root), d / "log.txt", env)
+        summary, _ = json.JSONDecoder().raw_decode(out, out.index("{\n"))  # what `mvot train` prints last
+        _mvot([*common, "evaluate", "--run", "trial", "--runs", str(d / "runs"), "--tokens", tokens, "--raw",
+               str(Path(root) / "data/raw"), "--out", str(d / "eval"), "--metrics", str(d / "metrics"),
+               *([] if parent_run_id else ["--no-track"])], Path(root), d / "log.txt", env)
+        for task_name in TASKS:
+            p = d / "metrics" / task_name / "trial.json"
+            if p.is_file() and (m := json.loads(p.read_text())).get("evaluated") is not False:
+                row["tasks"][task_name] = {k: m.get(k) for k in ("accuracy", "v_acc", "v_red", "v_steps", "v_ratio")}
+        row |= {"status": "ok", "train_seconds": summary.get("seconds"), "wall_seconds": round(time.perf_counter() - t0, 1)}
+    except (MvotError, ValueError, OSError) as exc:
+        row["error"] = str(exc)[:2000]
+    return row
+
+
+@flow(name="sweep")
+def sweep_flow(params_path: str = "params.yaml", sets: list[str] | None = None, track: bool = True) -> dict:
+    raw, _ = resolve_params(params_path, None, sets or [])
+    params = parse_params(raw)
+    root = str(Path(params_path).resolve().parent)
+    grid, skipped = trials(params)
+    if not grid:
+        raise PipelineError("the sweep grid has no valid trial; see params.yaml `sweep.grid`")
+    sweep_dir = str(Path(root) / "sweeps" / params.sweep.name)
+    uri = default_uri(root)
+    if track:
+        check_reachable(uri)  # before any training
+    with start_run("sweep", params.sweep.name, root) if track else nullcontext(NullTracker()) as parent:
+        parent.set_tags({"sweep": params.sweep.name, "trials": str(len(grid))})
+        parent.log_dict({"grid": params.sweep.grid.model_dump(mode="json"), "skipped": skipped}, "sweep/grid.json")
+        token_futures = {px: prepare_tokens.submit(raw, px, root, sweep_dir, track)
+                         for px in dict.fromkeys(t["patch_px"] for t in grid)}
+        rows, n = [], params.sweep.max_workers
+        for i in range(0, len(grid), n):  # at most sweep.max_workers trials at once, whatever the runner
+            wave = []
+            for t in grid[i : i + n]:
+                tokens, tokenizer = token_futures[t["patch_px"]].result()
+                wave.append(run_trial.submit(trial_key(t), t, raw, tokens, tokenizer, root, sweep_dir,
+                                             parent.run_id, uri if track else None))
+            rows += [f.result() for f in wave]
+        table = aggregate(rows)
+        files = write_summary(rows, table, Path(sweep_dir) / "summary")
+        parent.log_artifacts(Path(sweep_dir) / "summary", "sweep")
+        parent.log_metrics({f"{r['task']}/{'/'.join(str(r[k]) for k in CONFIG_KEYS)}/{s}": r[s]
+                            for r in table for s in ("accuracy", "v_acc", "v_red") if r.get(s) is not None})
+    failed = [r for r in rows if r["status"] != "ok"]
+    create_table_artifact(key="sweep-comparison", table=table or [{"note": "no trial finished"}],
+                          description=f"Sweep {params.sweep.name}: mean and spread over seeds")
+    cols = [*CONFIG_KEYS, "task", "seeds", "accuracy", "accuracy_sd", "v_acc", "v_acc_sd", "v_red", "v_red_sd", "train_seconds"]
+    md = [f"# Sweep `{params.sweep.name}`: {len(rows) - len(failed)}/{len(rows)} trials finished", "",
+          markdown_table(table, cols)]
+    if failed:
+        md += ["", "## Failed trials", "", *[f"- `{r['trial']}`: {r.get('error', '')[:300]}" for r in failed]]
+    if skipped:
+        md += ["", "## Left out", "", *[f"- {s}" for s in skipped]]
+    create_markdown_artifact(key="sweep-summary", markdown="\n".join(md), description="Sweep results")
+    return {"rows": rows, "table": table, "skipped": skipped, "files": [str(f) for f in files],
+            "parent_run_id": parent.run_id, "sweep_dir": sweep_dir}
+
+
+def run_sweep(params_path: str = "params.yaml", sets: list[str] | None = None, dask: str | None = None,
+              track: bool = True) -> dict:
+    """The sweep flow on a thread pool (``sweep.max_workers``) or, with ``dask`` ("local" or a
+    scheduler address), on a Dask cluster through prefect-dask."""
+    raw, _ = resolve_params(params_path, None, sets or [])
+    n = parse_params(raw).sweep.max_workers
+    if dask:
+        from prefect_dask import DaskTaskRunner
+
+        runner = (DaskTaskRunner(cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": False})
+                  if dask == "local" else DaskTaskRunner(address=dask))
+    else:
+        runner = ThreadPoolTaskRunner(max_workers=n)
+    return sweep_flow.with_options(task_runner=runner)(params_path, sets, track)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m flows.sweep", description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a params value for this sweep, e.g. sweep.grid.seed=[0,1]")
+    ap.add_argument("--dask", nargs="?", const="local", help="run trials on Dask: a local cluster, or a scheduler address")
+    ap.add_argument("--no-track", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        r = run_sweep(args.params, args.sets, args.dask, not args.no_track)
+    except MvotError as exc:
+        print(f"flows.sweep: error: {exc}", file=sys.stderr)
+        return 1
+    cols = [*CONFIG_KEYS, "task", "seeds", "accuracy", "accuracy_sd", "v_acc", "v_acc_sd", "v_red", "v_red_sd", "train_seconds"]
+    print(markdown_table(r["table"], cols))
+    for row in r["rows"]:
+        if row["status"] != "ok":
+            print(f"failed: {row['trial']}: {row.get('error', '')[:300]}", file=sys.stderr)
+    print(f"\nsummary: {r['sweep_dir']}/summary  MLflow parent run: {r['parent_run_id']}")
+    return 0 if all(row["status"] == "ok" for row in r["rows"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

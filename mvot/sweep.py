@@ -1,0 +1,145 @@
+"""Ablation sweeps: the trial grid of ``params.yaml: sweep``, each trial's params, and the
+comparison table (mean and spread over seeds). Orchestration is in ``flows/sweep.py``."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import itertools
+import math
+from pathlib import Path
+
+from mvot.config import TASKS, Params, parse_params
+
+GRID_KEYS = ("variant", "ld_weight", "ld_distance", "ld_reduction", "patch_px", "seed")
+CONFIG_KEYS = GRID_KEYS[:-1]  # a trial's configuration: everything but the seed
+SCORES = ("accuracy", "v_acc", "v_red", "v_steps", "v_ratio")
+
+
+def trial_key(t: dict) -> str:
+    return (f"{t['variant']}-w{t['ld_weight']:g}-{t['ld_distance']}-{t['ld_reduction']}-p{t['patch_px']}"
+            f"-s{t['seed']}")
+
+
+def trials(params: Params) -> tuple[list[dict], list[str]]:
+    """Every valid combination of the grid, and a note for each one left out (L_D on a
+    variant without images; an L_D distance or reduction that changes nothing without L_D
+    is kept only once)."""
+    g = params.sweep.grid
+    out, skipped, seen = [], [], set()
+    for combo in itertools.product(g.variant, g.ld_weight, g.ld_distance, g.ld_reduction, g.patch_px, g.seed):
+        t = dict(zip(GRID_KEYS, combo, strict=True))
+        if t["ld_weight"] > 0 and t["variant"] != "mvot":
+            skipped.append(f"{trial_key(t)}: L_D needs image targets (variant mvot)")
+            continue
+        if t["ld_weight"] == 0:  # distance and reduction are irrelevant without L_D
+            t["ld_distance"], t["ld_reduction"] = g.ld_distance[0], g.ld_reduction[0]
+        if (k := trial_key(t)) in seen:
+            continue
+        seen.add(k)
+        out.append(t)
+    return out, skipped
+
+
+def trial_raw(raw: dict, t: dict) -> dict:
+    """The full params of one trial: the base params with the trial's values, one run named
+    ``trial``, and the sweep's step and evaluation budgets."""
+    raw = copy.deepcopy(raw)
+    sweep = raw.get("sweep", {})
+    raw["seed"] = t["seed"]
+    raw["tokenizer"]["patch_px"] = t["patch_px"]
+    raw["train"]["runs"] = {"trial": {"variant": t["variant"], "ld_weight": t["ld_weight"]}}
+    raw["train"]["ld"] = {"distance": t["ld_distance"], "reduction": t["ld_reduction"]}
+    if sweep.get("train_steps"):
+        raw["train"]["steps"] = sweep["train_steps"]
+    if sweep.get("evaluate_limit"):
+        raw["evaluate"]["limit"] = sweep["evaluate_limit"]
+    raw["evaluate"]["combine"] = ["trial", "trial"]
+    parse_params(raw, f"sweep trial {trial_key(t)}")
+    return raw
+
+
+def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not xs:
+        return None, None
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return round(m, 2), round(sd, 2)
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One row per (configuration, task): each score's mean and sample standard deviation
+    over the seeds that finished, the number of seeds, mean training seconds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("status") == "ok":
+            groups.setdefault(tuple(r[k] for k in CONFIG_KEYS), []).append(r)
+    out = []
+    for cfg, rs in groups.items():
+        for task in TASKS:
+            scored = [r["tasks"][task] for r in rs if task in r.get("tasks", {})]
+            if not scored:
+                continue
+            row = dict(zip(CONFIG_KEYS, cfg, strict=True)) | {"task": task, "seeds": len(scored)}
+            for s in SCORES:
+                row[s], row[f"{s}_sd"] = _mean_std([m.get(s) for m in scored])
+            row["train_seconds"], _ = _mean_std([r.get("train_seconds") for r in rs])
+            out.append(row)
+    return out
+
+
+def config_label(row: dict) -> str:
+    label = row["variant"]
+    if row["variant"] == "mvot":
+        label += f" L_D={row['ld_weight']:g}" + (f" {row['ld_distance']}/{row['ld_reduction']}" if row["ld_weight"] else "")
+    return label + f" p{row['patch_px']}"
+
+
+def write_summary(rows: list[dict], table: list[dict], out_dir: str | Path) -> list[Path]:
+    """``trials.csv``, ``comparison.csv`` and ``comparison.png`` (accuracy, V-Acc and V-Red
+    per configuration and task, error bars = spread over seeds) under ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "trials.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([*GRID_KEYS, "status", "task", *SCORES, "train_seconds"])
+        for r in rows:
+            for task, m in (r.get("tasks") or {"-": {}}).items():
+                w.writerow([*(r[k] for k in GRID_KEYS), r["status"], task, *(m.get(s) for s in SCORES), r.get("train_seconds")])
+    keys = [*CONFIG_KEYS, "task", "seeds", *(x for s in SCORES for x in (s, f"{s}_sd")), "train_seconds"]
+    with (out / "comparison.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(table)
+    files = [out / "trials.csv", out / "comparison.csv"]
+    if table:
+        files.append(_plot(table, out / "comparison.png"))
+    return files
+
+
+def _plot(table: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in TASKS if any(r["task"] == t for r in table)]
+    labels = list(dict.fromkeys(config_label(r) for r in table))
+    metrics = [("accuracy", "accuracy (%)"), ("v_acc", "V-Acc (%)"), ("v_red", "V-Red (%)")]
+    fig, axes = plt.subplots(len(metrics), len(tasks), figsize=(4 * len(tasks), 3 * len(metrics)), squeeze=False)
+    for j, task in enumerate(tasks):
+        by_label = {config_label(r): r for r in table if r["task"] == task}
+        for i, (m, title) in enumerate(metrics):
+            ax = axes[i][j]
+            ys = [by_label.get(lb, {}).get(m) for lb in labels]
+            sds = [by_label.get(lb, {}).get(f"{m}_sd") or 0 for lb in labels]
+            ax.bar(range(len(labels)), [y if y is not None else 0 for y in ys], yerr=sds, capsize=3,
+                   color=["C0" if y is not None else "lightgrey" for y in ys])
+            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
+            ax.set_title(f"{task}: {title}", fontsize=9)
+            ax.set_ylim(0, 100)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,96 @@
+"""Ablation sweeps: the grid, the seed statistics, and the flow on a thread pool and on a
+local Dask cluster, with a parent MLflow run and a child per trial."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from mvot.config import parse_params
+from mvot.sweep import aggregate, trial_raw, trials
+from tests.conftest import TASKS, tiny_tokenizer_raw
+
+
+def test_grid_leaves_out_invalid_and_duplicate_trials(raw_params):
+    raw = dict(raw_params) | {"sweep": {"grid": {"variant": ["cot", "mvot"], "ld_weight": [0.0, 1.0],
+                                                 "ld_distance": ["euclidean", "mse"], "seed": [0, 1]}}}
+    grid, skipped = trials(parse_params(raw))
+    # cot: L_D 0 only (distance irrelevant) x 2 seeds; mvot: L_D 0 once + L_D 1 x 2 distances, x 2 seeds
+    assert len(grid) == 2 + 2 * 3
+    assert len(skipped) == 4 and all("L_D needs image targets" in s for s in skipped)
+    t = next(t for t in grid if t["ld_weight"] == 1.0 and t["ld_distance"] == "mse" and t["seed"] == 1)
+    p = parse_params(trial_raw(raw, t))
+    assert p.seed == 1 and p.train.ld.distance == "mse" and dict(p.train.runs)["trial"].ld_weight == 1.0
+
+
+def test_aggregate_mean_and_spread_over_seeds():
+    base = {"variant": "mvot", "ld_weight": 1.0, "ld_distance": "euclidean", "ld_reduction": "mean", "patch_px": 16}
+    rows = [base | {"seed": s, "status": "ok", "train_seconds": 10.0 * (s + 1),
+                    "tasks": {"maze": {"accuracy": a, "v_acc": 90.0, "v_red": None}}}
+            for s, a in enumerate([50.0, 60.0, 70.0])]
+    rows.append(base | {"seed": 3, "status": "failed", "tasks": {}})
+    (row,) = aggregate(rows)
+    assert row["task"] == "maze" and row["seeds"] == 3
+    assert row["accuracy"] == 60.0 and row["accuracy_sd"] == 10.0  # sample standard deviation
+    assert row["v_acc"] == 90.0 and row["v_acc_sd"] == 0.0 and row["v_red"] is None
+    assert row["train_seconds"] == 20.0
+
+
+@pytest.fixture()
+def sweep_root(tmp_path, tiny_tokens, tiny_generated, raw_params, monkeypatch):
+    """A repository-like root holding the tiny pipeline's outputs and a 2x2 sweep."""
+    _, tok_dir, tokens_dir = tiny_tokens
+    gen_root, _ = tiny_generated
+    (tmp_path / "data").mkdir()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "data" / "raw").symlink_to(gen_root / "raw")
+    (tmp_path / "data" / "tokens").symlink_to(tokens_dir)
+    (tmp_path / "models" / "tokenizer").symlink_to(tok_dir)
+    raw = tiny_tokenizer_raw(raw_params)
+    raw["evaluate"] |= {"limit": 2, "max_new_tokens": 300}
+    raw["sweep"] = {"name": "t", "max_workers": 2, "grid": {"variant": ["mvot"], "ld_weight": [0.0, 1.0], "seed": [0, 1]}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_sweep_flow_parent_and_child_runs(prefect_harness, sweep_root):
+    from mlflow import MlflowClient
+
+    from flows.sweep import run_sweep
+
+    r = run_sweep(str(sweep_root / "params.yaml"), ["sweep.grid.ld_weight=[1.0]"])  # 2 seeds
+    assert [row["status"] for row in r["rows"]] == ["ok"] * 2, [row.get("error") for row in r["rows"]]
+    assert {(row["ld_weight"], row["task"]) for row in r["table"]} == {(1.0, t) for t in TASKS}
+    assert all(row["seeds"] == 2 and row["accuracy_sd"] is not None for row in r["table"])
+    summary = sweep_root / "sweeps" / "t" / "summary"
+    assert (summary / "comparison.png").stat().st_size > 1000
+    assert len((summary / "trials.csv").read_text().splitlines()) == 1 + 2 * 3
+    client = MlflowClient(f"sqlite:///{sweep_root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sweep")
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(x for x in runs if x.info.run_id == r["parent_run_id"])
+    children = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and all("test/maze/accuracy" in c.data.metrics for c in children)
+    assert any(k.endswith("/accuracy") for k in parent.data.metrics)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")} >= {"sweep/comparison.csv", "sweep/comparison.png"}
+
+
+@pytest.mark.slow
+def test_sweep_on_a_local_dask_cluster(prefect_harness, sweep_root):
+    from flows.sweep import run_sweep
+
+    r = run_sweep(str(sweep_root / "params.yaml"), ["sweep.grid.seed=[0]", "sweep.name=dask"], dask="local", track=False)
+    assert [row["status"] for row in r["rows"]] == ["ok", "ok"]
+    assert (sweep_root / "sweeps" / "dask" / "summary" / "comparison.csv").is_file()
+
+
+def test_failed_trial_is_reported_not_lost(prefect_harness, sweep_root):
+    from flows.sweep import run_sweep
+
+    (sweep_root / "data" / "tokens").unlink()
+    (sweep_root / "data" / "tokens").mkdir()  # empty: every trial fails to find its token arrays
+    r = run_sweep(str(sweep_root / "params.yaml"), ["sweep.grid.seed=[0]", "sweep.grid.ld_weight=[1.0]"], track=False)
+    (row,) = r["rows"]
+    assert row["status"] == "failed" and "train" in row["error"] and r["table"] == []
