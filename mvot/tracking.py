@@ -12,6 +12,7 @@ Library code never branches on whether tracking is on: it receives a tracker obj
 from __future__ import annotations
 
 import os
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -132,6 +133,22 @@ class MlflowTracker(NullTracker):
         return log_pyfunc_model(model_dir)
 
 
+def _experiment_id(mlflow, name: str, location: str | None, uri: str) -> str:
+    """The id of experiment ``name``, created if missing. Safe when several processes (sweep
+    trials) race to create it: the loser of the race reads the winner's experiment."""
+    last = None
+    for attempt in range(5):
+        try:
+            exp = mlflow.get_experiment_by_name(name)
+            if exp is not None:
+                return exp.experiment_id
+            return mlflow.create_experiment(name, artifact_location=location)
+        except Exception as exc:  # a unique-name clash or a locked sqlite file: read again
+            last = exc
+            time.sleep(0.2 * (attempt + 1))
+    raise TrackingError(f"cannot use MLflow store {uri}: {last}")
+
+
 @contextmanager
 def start_run(
     experiment: str, run_name: str, root: str | Path = ".", uri: str | None = None, run_id: str | None = None,
@@ -145,23 +162,18 @@ def start_run(
     uri = uri or default_uri(root)
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
-    try:
-        exp = mlflow.get_experiment_by_name(experiment)
-        if exp is None:
-            location = None
-            if uri.startswith("sqlite:"):
-                location = (Path(root).resolve() / "mlartifacts" / experiment).as_uri()
-            exp_id = mlflow.create_experiment(experiment, artifact_location=location)
-        else:
-            exp_id = exp.experiment_id
-    except mlflow.exceptions.MlflowException as exc:
-        raise TrackingError(f"cannot use MLflow store {uri}: {exc}") from None
     if run_id:
         try:
             mlflow.get_run(run_id)
         except mlflow.exceptions.MlflowException:
             run_id = None  # the run is not in this store (another machine's): start a new one
-    kwargs = {"run_id": run_id} if run_id else {"experiment_id": exp_id, "run_name": run_name}
+    if run_id:
+        kwargs = {"run_id": run_id}
+    else:
+        location = None
+        if uri.startswith("sqlite:"):
+            location = (Path(root).resolve() / "mlartifacts" / experiment).as_uri()
+        kwargs = {"experiment_id": _experiment_id(mlflow, experiment, location, uri), "run_name": run_name}
     if parent_run_id and not run_id:
         kwargs["tags"] = {"mlflow.parentRunId": parent_run_id}  # works from any thread or process
     with mlflow.start_run(**kwargs) as run:

@@ -94,3 +94,31 @@ def test_failed_trial_is_reported_not_lost(prefect_harness, sweep_root):
     r = run_sweep(str(sweep_root / "params.yaml"), ["sweep.grid.seed=[0]", "sweep.grid.ld_weight=[1.0]"], track=False)
     (row,) = r["rows"]
     assert row["status"] == "failed" and "train" in row["error"] and r["table"] == []
+
+
+def test_trials_racing_to_create_an_experiment_share_it(tmp_path):
+    """Sweep trials are separate processes that may create the same experiment at once: the
+    loser of the race (its insert fails on the unique name) must use the winner's experiment."""
+    import mlflow
+
+    from mvot.tracking import _experiment_id
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    real_get = mlflow.get_experiment_by_name
+    calls = []
+
+    class Racing:  # another process creates the experiment between our read and our insert
+        @staticmethod
+        def get_experiment_by_name(name):
+            calls.append("get")
+            return None if len(calls) == 1 else real_get(name)
+
+        @staticmethod
+        def create_experiment(name, artifact_location=None):
+            winner = mlflow.create_experiment(name, artifact_location=artifact_location)
+            calls.append(winner)
+            return mlflow.create_experiment(name, artifact_location=artifact_location)  # raises
+
+    exp_id = _experiment_id(Racing, "shared", None, uri)
+    assert exp_id == calls[1] == mlflow.get_experiment_by_name("shared").experiment_id
