@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -53,8 +54,6 @@ from mvot.tracking import NullTracker, check_reachable, default_uri, start_run
 def _mvot(args: list[str], cwd: Path, log: Path, env_extra: dict | None = None) -> str:
     """One ``mvot`` command in its own process; its output goes to ``log``; a failure raises
     with the log's tail."""
-    import os
-
     env = os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true", **(env_extra or {})}
     res = subprocess.run([sys.executable, "-m", "mvot.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
     with log.open("a") as fh:
@@ -94,9 +93,11 @@ def prepare_tokens(raw: dict, patch_px: int, root: str, sweep_dir: str, track: b
 
 @task(name="sweep-trial", task_run_name="trial-{key}", cache_policy=NO_CACHE)
 def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: str, sweep_dir: str,
-              parent_run_id: str | None, tracking_uri: str | None) -> dict:
+              parent_run_id: str | None, tracking_uri: str | None, concurrent: int = 1) -> dict:
     """Train and score one trial in its own processes; a failure is recorded, not raised,
-    so that one bad trial does not lose the others."""
+    so that one bad trial does not lose the others. The ``concurrent`` trials on a machine
+    share its cores (torch threads = cores // concurrent, unless OMP_NUM_THREADS is set):
+    oversubscribed, two 2-thread trials on 2 cores ran at half the total speed of one."""
     d = Path(sweep_dir) / "trials" / key
     d.mkdir(parents=True, exist_ok=True)
     row = {k: t[k] for k in GRID_KEYS} | {"trial": key, "status": "failed", "tasks": {}}
@@ -104,6 +105,8 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
         (d / "params.yaml").write_text(yaml.safe_dump(trial_raw(raw, t), sort_keys=False))
         common = ["--params", str(d / "params.yaml")]
         env = {"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {}
+        if "OMP_NUM_THREADS" not in os.environ:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, concurrent)))
         track = (["--experiment", "sweep", "--run-name", key, "--parent-run-id", parent_run_id]
                  if parent_run_id else ["--no-track"])
         t0 = time.perf_counter()
@@ -146,7 +149,7 @@ def sweep_flow(params_path: str = "params.yaml", sets: list[str] | None = None, 
             for t in grid[i : i + n]:
                 tokens, tokenizer = token_futures[t["patch_px"]].result()
                 wave.append(run_trial.submit(trial_key(t), t, raw, tokens, tokenizer, root, sweep_dir,
-                                             parent.run_id, uri if track else None))
+                                             parent.run_id, uri if track else None, min(n, len(grid) - i)))
             rows += [f.result() for f in wave]
         table = aggregate(rows)
         files = write_summary(rows, table, Path(sweep_dir) / "summary")
