@@ -16,7 +16,10 @@ sweeps/<name>/patch<px>/, made once per sweep.
 MLflow: one parent run (experiment `sweep`, named after the sweep) with a child run per
 trial (the parent's id is passed to each trial's process); the parent holds the
 comparison table (mean and spread over seeds) and plots, also published as Prefect
-artifacts. Outputs: sweeps/<name>/trials/<trial>/ and sweeps/<name>/summary/.
+artifacts. Outputs: sweeps/<name>/trials/<trial>/ and sweeps/<name>/summary/. A trial that
+finished before with identical params (its row.json) is reused, not rerun, so widening a
+sweep (say from one seed to three) runs only the new trials; its child run stays under the
+earlier parent. Delete sweeps/<name>/ to start over.
 """
 
 from __future__ import annotations
@@ -91,6 +94,17 @@ def prepare_tokens(raw: dict, patch_px: int, root: str, sweep_dir: str, track: b
     return str(tokens), str(tokenizer)
 
 
+def _same_trial(path: Path, trial: dict) -> bool:
+    """Whether the params a trial ran with (``path``) equal ``trial``'s, the sweep section
+    aside (the grid around a trial may grow without changing the trial)."""
+    try:
+        before = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    strip = lambda p: {k: v for k, v in p.items() if k != "sweep"} if isinstance(p, dict) else p  # noqa: E731
+    return strip(before) == strip(trial)
+
+
 @task(name="sweep-trial", task_run_name="trial-{key}", cache_policy=NO_CACHE)
 def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: str, sweep_dir: str,
               parent_run_id: str | None, tracking_uri: str | None, concurrent: int = 1) -> dict:
@@ -101,8 +115,14 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
     d = Path(sweep_dir) / "trials" / key
     d.mkdir(parents=True, exist_ok=True)
     row = {k: t[k] for k in GRID_KEYS} | {"trial": key, "status": "failed", "tasks": {}}
+    trial = trial_raw(raw, t)
+    trial_params = yaml.safe_dump(trial, sort_keys=False)
+    done = d / "row.json"
+    if done.is_file() and _same_trial(d / "params.yaml", trial):
+        return json.loads(done.read_text()) | {"reused": True}  # finished before with the same params
+    done.unlink(missing_ok=True)
     try:
-        (d / "params.yaml").write_text(yaml.safe_dump(trial_raw(raw, t), sort_keys=False))
+        (d / "params.yaml").write_text(trial_params)
         common = ["--params", str(d / "params.yaml")]
         env = {"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {}
         if "OMP_NUM_THREADS" not in os.environ:
@@ -121,6 +141,9 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
             if p.is_file() and (m := json.loads(p.read_text())).get("evaluated") is not False:
                 row["tasks"][task_name] = {k: m.get(k) for k in ("accuracy", "v_acc", "v_red", "v_steps", "v_ratio")}
         row |= {"status": "ok", "train_seconds": summary.get("seconds"), "wall_seconds": round(time.perf_counter() - t0, 1)}
+        tmp = done.with_suffix(".tmp")
+        tmp.write_text(json.dumps(row, indent=1))
+        tmp.replace(done)  # written last: a trial cut off midway is run again
     except (MvotError, ValueError, OSError) as exc:
         row["error"] = str(exc)[:2000]
     return row

@@ -76,6 +76,13 @@ def test_sweep_flow_parent_and_child_runs(prefect_harness, sweep_root):
     assert any(k.endswith("/accuracy") for k in parent.data.metrics)
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")} >= {"sweep/comparison.csv", "sweep/comparison.png"}
 
+    # widening the sweep by a seed reruns nothing that finished: only the new trial trains
+    r2 = run_sweep(str(sweep_root / "params.yaml"), ["sweep.grid.ld_weight=[1.0]", "sweep.grid.seed=[0,1,2]"],
+                   track=False)
+    assert [row.get("reused", False) for row in r2["rows"]] == [True, True, False]
+    assert [row["status"] for row in r2["rows"]] == ["ok"] * 3
+    assert all(row["seeds"] == 3 for row in r2["table"])
+
 
 @pytest.mark.slow
 def test_sweep_on_a_local_dask_cluster(prefect_harness, sweep_root):
