@@ -175,7 +175,8 @@ def sweep_flow(params_path: str = "params.yaml", sets: list[str] | None = None, 
                                              parent.run_id, uri if track else None, min(n, len(grid) - i)))
             rows += [f.result() for f in wave]
         table = aggregate(rows)
-        files = write_summary(rows, table, Path(sweep_dir) / "summary")
+        files = write_summary(rows, table, Path(sweep_dir) / "summary",
+                              {t: params.render.task(t).cell_px for t in TASKS})
         parent.log_artifacts(Path(sweep_dir) / "summary", "sweep")
         parent.log_metrics({f"{r['task']}/{'/'.join(str(r[k]) for k in CONFIG_KEYS)}/{s}": r[s]
                             for r in table for s in ("accuracy", "v_acc", "v_red") if r.get(s) is not None})

@@ -96,9 +96,12 @@ def config_label(row: dict) -> str:
     return label + f" p{row['patch_px']}"
 
 
-def write_summary(rows: list[dict], table: list[dict], out_dir: str | Path) -> list[Path]:
+def write_summary(rows: list[dict], table: list[dict], out_dir: str | Path,
+                  cell_px: dict[str, int] | None = None) -> list[Path]:
     """``trials.csv``, ``comparison.csv`` and ``comparison.png`` (accuracy, V-Acc and V-Red
-    per configuration and task, error bars = spread over seeds) under ``out_dir``."""
+    per configuration and task, error bars = spread over seeds) under ``out_dir``; with more
+    than one tokens-per-image setting and the tasks' ``cell_px``, also ``compactness.png``
+    (accuracy, V-Acc and training time against image tokens per grid cell)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "trials.csv").open("w", newline="") as fh:
@@ -115,7 +118,45 @@ def write_summary(rows: list[dict], table: list[dict], out_dir: str | Path) -> l
     files = [out / "trials.csv", out / "comparison.csv"]
     if table:
         files.append(_plot(table, out / "comparison.png"))
+        if cell_px and len({r["patch_px"] for r in table}) > 1:
+            files.append(_plot_compactness(table, cell_px, out / "compactness.png"))
     return files
+
+
+def tokens_per_cell(cell_px: int, patch_px: int) -> float:
+    """Image tokens per grid cell: (cell_px / patch_px)^2 (1/4 when a token spans 2x2 cells)."""
+    return (cell_px / patch_px) ** 2
+
+
+def _plot_compactness(table: list[dict], cell_px: dict[str, int], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("accuracy", "accuracy (%)"), ("v_acc", "V-Acc (%)"), ("train_seconds", "training time (s)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    series: dict[tuple[str, str], list[dict]] = {}
+    for r in table:
+        if r["task"] in cell_px:
+            key = (r["task"], config_label(r).rsplit(" p", 1)[0])
+            series.setdefault(key, []).append(r)
+    for (task, label), rs in sorted(series.items()):
+        rs = sorted(rs, key=lambda r: tokens_per_cell(cell_px[task], r["patch_px"]))
+        xs = [tokens_per_cell(cell_px[task], r["patch_px"]) for r in rs]
+        for ax, (m, title) in zip(axes[0], panels, strict=True):
+            ys = [r.get(m) for r in rs]
+            if any(y is not None for y in ys):
+                ax.errorbar(xs, [y if y is not None else float("nan") for y in ys], marker="o", capsize=3,
+                            yerr=[r.get(f"{m}_sd") or 0 for r in rs], label=f"{task} {label}")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("image tokens per grid cell")
+            ax.set_title(title, fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def _plot(table: list[dict], path: Path) -> Path:

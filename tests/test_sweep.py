@@ -36,6 +36,20 @@ def test_aggregate_mean_and_spread_over_seeds():
     assert row["train_seconds"] == 20.0
 
 
+
+def test_compactness_plot_against_tokens_per_cell(tmp_path):
+    from mvot.sweep import tokens_per_cell, write_summary
+
+    assert tokens_per_cell(16, 16) == 1 and tokens_per_cell(16, 8) == 4 and tokens_per_cell(16, 32) == 0.25
+    base = {"variant": "mvot", "ld_weight": 1.0, "ld_distance": "euclidean", "ld_reduction": "mean", "seed": 0,
+            "status": "ok"}
+    rows = [base | {"patch_px": px, "train_seconds": t, "tasks": {"frozenlake": {"accuracy": a, "v_acc": v}}}
+            for px, t, a, v in [(16, 100.0, 40.0, 50.0), (8, 300.0, 45.0, 70.0)]]
+    files = write_summary(rows, aggregate(rows), tmp_path, {"frozenlake": 16})
+    assert tmp_path / "compactness.png" in files and (tmp_path / "compactness.png").stat().st_size > 1000
+    one = write_summary(rows[:1], aggregate(rows[:1]), tmp_path / "one", {"frozenlake": 16})
+    assert not any(f.name == "compactness.png" for f in one)  # one setting: nothing to compare
+
 @pytest.fixture()
 def sweep_root(tmp_path, tiny_tokens, tiny_generated, raw_params, monkeypatch):
     """A repository-like root holding the tiny pipeline's outputs and a 2x2 sweep."""
