@@ -4,17 +4,14 @@ real `mlflow server` on 127.0.0.1; then DVC's status, push/pull and partial re-r
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TASKS
+from tests.conftest import ROOT, TASKS, free_port, stop, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -30,39 +27,20 @@ def _run(cmd, cwd, **extra):
     return res.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """`mlflow server` on a free local port, sqlite backend, temp artifact root; stopped after."""
     d = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}", "--artifacts-destination", str(d / "artifacts"),
          "--workers", "1"],
         stdout=(d / "server.log").open("w"), stderr=subprocess.STDOUT, env=os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true"})
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        try:
-            urllib.request.urlopen(uri + "/health", timeout=2).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"mlflow server did not start:\n{(d / 'server.log').read_text()[-3000:]}")
-            time.sleep(1)
+    wait_healthy(uri + "/health", proc, d / "server.log", "mlflow server", timeout=180)
     yield uri
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +116,7 @@ def test_a_params_change_reruns_only_its_task(repo):
 def test_unreachable_tracking_server_fails_before_training(tmp_path):
     d = tmp_path / "work"
     res = subprocess.run([sys.executable, "-m", "flows.pipeline", "--profile", "smoke", "--workdir", str(d)], cwd=ROOT,
-                         env=_env(ROOT, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{_free_port()}",
+                         env=_env(ROOT, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}",
                                   PREFECT_HOME=str(tmp_path / ".prefect")),
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 1 and "unreachable" in res.stderr

@@ -5,17 +5,14 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port, stop, wait_healthy
 
 
 def test_prefect_yaml_entrypoints_are_the_flows():
@@ -28,12 +25,6 @@ def test_prefect_yaml_entrypoints_are_the_flows():
     from flows.serve import NIGHTLY_CRON, WEEKLY_CRON
 
     assert found == {"nightly": ("pipeline", NIGHTLY_CRON), "weekly": ("sweep", WEEKLY_CRON)}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 READ = """
@@ -52,7 +43,7 @@ asyncio.run(main())
 
 @pytest.mark.slow
 def test_cron_deployments_register_on_a_real_server(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                         "DO_NOT_TRACK": "1", "PYTHONPATH": str(ROOT)}
     env.pop("PREFECT_API_URL", None)
@@ -61,15 +52,7 @@ def test_cron_deployments_register_on_a_real_server(tmp_path):
                               stdout=(tmp_path / "server.log").open("w"), stderr=subprocess.STDOUT)
     api = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.time() + 240
-        while True:
-            try:
-                urllib.request.urlopen(api + "/health", timeout=2).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    pytest.fail(f"prefect server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
-                time.sleep(1)
+        wait_healthy(api + "/health", server, tmp_path / "server.log", "prefect server")
         env["PREFECT_API_URL"] = api
         res = subprocess.run([sys.executable, "-m", "flows.serve", "--register-only"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=300)
@@ -80,11 +63,7 @@ def test_cron_deployments_register_on_a_real_server(tmp_path):
         assert json.loads(res.stdout.strip().splitlines()[-1]) == {"pipeline/nightly": ["0 2 * * *"],
                                                                     "sweep/weekly": ["0 3 * * 6"]}
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
 
 
 def test_serve_without_a_server_says_how_to_start_one(monkeypatch, capsys):
