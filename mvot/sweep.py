@@ -152,6 +152,8 @@ def _plot_compactness(table: list[dict], cell_px: dict[str, int], path: Path) ->
             ax.set_xscale("log", base=2)
             ax.set_xlabel("image tokens per grid cell")
             ax.set_title(title, fontsize=9)
+            if m != "train_seconds":
+                ax.set_ylim(0, 100)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
