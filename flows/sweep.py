@@ -101,8 +101,7 @@ def _same_trial(path: Path, trial: dict) -> bool:
         before = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
         return False
-    strip = lambda p: {k: v for k, v in p.items() if k != "sweep"} if isinstance(p, dict) else p  # noqa: E731
-    return strip(before) == strip(trial)
+    return isinstance(before, dict) and {**before, "sweep": None} == {**trial, "sweep": None}
 
 
 @task(name="sweep-trial", task_run_name="trial-{key}", cache_policy=NO_CACHE)
@@ -115,14 +114,13 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
     d = Path(sweep_dir) / "trials" / key
     d.mkdir(parents=True, exist_ok=True)
     row = {k: t[k] for k in GRID_KEYS} | {"trial": key, "status": "failed", "tasks": {}}
-    trial = trial_raw(raw, t)
-    trial_params = yaml.safe_dump(trial, sort_keys=False)
     done = d / "row.json"
-    if done.is_file() and _same_trial(d / "params.yaml", trial):
-        return json.loads(done.read_text()) | {"reused": True}  # finished before with the same params
-    done.unlink(missing_ok=True)
     try:
-        (d / "params.yaml").write_text(trial_params)
+        trial = trial_raw(raw, t)
+        if done.is_file() and _same_trial(d / "params.yaml", trial):
+            return json.loads(done.read_text()) | {"reused": True}  # finished before with the same params
+        done.unlink(missing_ok=True)
+        (d / "params.yaml").write_text(yaml.safe_dump(trial, sort_keys=False))
         common = ["--params", str(d / "params.yaml")]
         env = {"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {}
         if "OMP_NUM_THREADS" not in os.environ:
