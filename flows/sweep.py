@@ -67,17 +67,42 @@ def _mvot(args: list[str], cwd: Path, log: Path, env_extra: dict | None = None) 
     return res.stdout
 
 
+def tokens_tag(raw: dict, patch_px: int, root: str) -> str | None:
+    """Where a trial's token arrays come from: None for the pipeline's (``tokenizer.patch_px``
+    and the ``tokenize`` section of the repository's params.yaml), else the name of a
+    directory of the sweep's own, ``patch<px>`` plus a hash of a changed ``tokenize`` section."""
+    import hashlib
+
+    try:
+        pipeline = yaml.safe_load((Path(root) / "params.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        pipeline = {}
+    same_text = parse_params(pipeline, "params.yaml").tokenize == parse_params(raw, "sweep params").tokenize \
+        if pipeline else True
+    if patch_px == raw["tokenizer"]["patch_px"] and same_text:
+        return None
+    if same_text:
+        return f"patch{patch_px}"
+    digest = hashlib.sha1(json.dumps(raw["tokenize"], sort_keys=True).encode()).hexdigest()[:8]
+    return f"patch{patch_px}-tok{digest}"
+
+
 @task(name="sweep-tokens", task_run_name="tokens-patch{patch_px}", cache_policy=NO_CACHE)
 def prepare_tokens(raw: dict, patch_px: int, root: str, sweep_dir: str, track: bool) -> tuple[str, str]:
-    """Token arrays and tokenizer for ``patch_px``: the pipeline's when it is the default,
-    else trained and tokenized once under the sweep directory."""
+    """Token arrays and tokenizer for ``patch_px``: the pipeline's when it is the default and
+    the ``tokenize`` section is the pipeline's; else made once under the sweep directory (a
+    tokenizer of its own for another patch size; the pipeline's tokenizer and new token
+    arrays for other ``tokenize`` settings, e.g. index hints)."""
     r = Path(root)
-    if patch_px == raw["tokenizer"]["patch_px"]:
+    tag = tokens_tag(raw, patch_px, root)
+    if tag is None or patch_px == raw["tokenizer"]["patch_px"]:
         if not (r / "data" / "tokens").is_dir() or not (r / "models" / "tokenizer").is_dir():
             raise PipelineError("data/tokens or models/tokenizer missing: run `dvc repro tokenize` first")
-        return str(r / "data" / "tokens"), str(r / "models" / "tokenizer")
-    d = Path(sweep_dir) / f"patch{patch_px}"
-    tokens, tokenizer = d / "tokens", d / "tokenizer"
+        if tag is None:
+            return str(r / "data" / "tokens"), str(r / "models" / "tokenizer")
+    d = Path(sweep_dir) / tag
+    tokens = d / "tokens"
+    tokenizer = d / "tokenizer" if patch_px != raw["tokenizer"]["patch_px"] else r / "models" / "tokenizer"
     if (tokens / "done").is_file():
         return str(tokens), str(tokenizer)
     d.mkdir(parents=True, exist_ok=True)
@@ -86,8 +111,9 @@ def prepare_tokens(raw: dict, patch_px: int, root: str, sweep_dir: str, track: b
     parse_params(pr, f"sweep tokenizer patch_px={patch_px}")
     (d / "params.yaml").write_text(yaml.safe_dump(pr, sort_keys=False))
     common = ["--params", str(d / "params.yaml")]
-    _mvot([*common, "train-tokenizer", "--raw", str(r / "data/raw"), "--out", str(tokenizer), "--metrics",
-           str(d / "tokenizer.json"), *([] if track else ["--no-track"])], r, d / "log.txt")
+    if tokenizer != r / "models" / "tokenizer":
+        _mvot([*common, "train-tokenizer", "--raw", str(r / "data/raw"), "--out", str(tokenizer), "--metrics",
+               str(d / "tokenizer.json"), *([] if track else ["--no-track"])], r, d / "log.txt")
     _mvot([*common, "tokenize", "--raw", str(r / "data/raw"), "--tokenizer", str(tokenizer), "--out", str(tokens),
            "--stats-dir", str(d / "stats")], r, d / "log.txt")
     (tokens / "done").write_text("ok\n")

@@ -170,6 +170,7 @@ class TokenizeConfig(_Section):
         strict=False, min_length=1, description="sequence variants to tokenize: direct, cot, interleaved, mvot"
     )
     cot_layout_text: bool = Field(description="CoT traces start with a text description of the layout")
+    index_hints: bool = Field(default=False, description="number the question's actions and the response's steps (1: Go up.)")
 
 
 class ModelConfig(_Section):
@@ -183,11 +184,15 @@ class ModelConfig(_Section):
     pretrained: str | None = Field(default=None, description="local transformers checkpoint dir; null = from scratch")
     lora_r: int = Field(default=0, ge=0, le=1024, description="LoRA rank for a pretrained backbone; 0 = full fine-tuning")
     lora_alpha: int = Field(default=16, ge=1, le=4096, description="LoRA alpha")
+    grid_pos: int = Field(default=0, ge=0, le=256,
+                          description="learned 2D (row, column) positions on image tokens, up to this many rows; 0 = none")
 
     @model_validator(mode="after")
     def _check_heads(self):
         if self.d_model % self.n_head:
             raise ValueError(f"d_model = {self.d_model} must be a multiple of n_head = {self.n_head}")
+        if self.grid_pos and self.pretrained:
+            raise ValueError("grid_pos applies to a model built from scratch; set it to 0 with a pretrained backbone")
         return self
 
 

@@ -138,6 +138,7 @@ class Decoder:
         self.text = text_tokenizer
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.max_len = int(getattr(model.config, "max_position_embeddings", 1 << 30))
+        self.grid_pos = int(getattr(model.config, "grid_pos", 0) or 0)  # 2D image positions (mvot/model.py)
         v = vocab
         neg = torch.full((3, v.size), float("-inf"))
         neg[TEXT, : v.n_text] = 0.0
@@ -238,12 +239,26 @@ class Decoder:
                 live = [live[s] for s in keep]
             mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=dev)], dim=1)
             last_pos = last_pos + 1
-            logits = self._forward(nxt[:, None], mask, last_pos[:, None], cache)
+            grid = self._grid_index([rows[r] for r in live]) if self.grid_pos else None
+            logits = self._forward(nxt[:, None], mask, last_pos[:, None], cache, grid)
         return [r.out for r in rows]
 
-    def _forward(self, ids, mask, pos, cache):
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    def _forward(self, ids, mask, pos, cache, grid=None):
+        extra = {} if grid is None else {"grid_index": grid}
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+                         logits_to_keep=1, **extra)
         return out.logits[:, -1, :]
+
+    def _grid_index(self, rows: list[_Row]) -> torch.Tensor:
+        """(1 + row, 1 + column) of each row's last token if it is an image code, else (0, 0)."""
+        out = torch.zeros((len(rows), 1, 2), dtype=torch.long)
+        for slot, row in enumerate(rows):
+            last = row.out.tokens[-1]
+            if row.codes and last >= self.vocab.image_offset:
+                k, width = len(row.codes) - 1, max(1, round(self.vocab.tokens_per_image[row.task] ** 0.5))
+                out[slot, 0, 0] = min(k // width + 1, self.grid_pos)
+                out[slot, 0, 1] = min(k % width + 1, self.grid_pos)
+        return out.to(self.device)
 
     @staticmethod
     def _mode(row: _Row) -> int:
@@ -338,6 +353,7 @@ def load_model(directory: str | Path, device: str | None = None) -> LoadedModel:
     """A model directory: ``config.json``, ``model.safetensors``, ``mvot.json`` and ``tokenizer/``."""
     from transformers import AutoModelForCausalLM
 
+    import mvot.model  # noqa: F401  (registers the 2D-position Llama with AutoModelForCausalLM)
     from mvot.tokenizers import load_text_tokenizer
 
     d = Path(directory)

@@ -116,7 +116,7 @@ def prompt_ids(lm: LoadedModel, coder, problem: Problem) -> np.ndarray:
     v = lm.vocab
     enc = lambda s: lm.text_tokenizer.encode(s, add_special_tokens=False).ids  # noqa: E731
     codes = coder.encode(problem.image[None])[0]
-    return np.concatenate([[v.bos_id], enc(question_for(problem.task, problem.actions)), v.image_span(codes, problem.task),
+    return np.concatenate([[v.bos_id], enc(question_for(problem.task, problem.actions, bool(lm.meta.get("index_hints")))), v.image_span(codes, problem.task),
                            enc(RESPONSE)]).astype(np.int64)
 
 

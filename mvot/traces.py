@@ -14,6 +14,13 @@ states); ``output`` parts are what the model must produce, the rest is its promp
 MAZE uses the paper's prompt verbatim; FROZENLAKE the paper's option texts and final line;
 MINIBEHAVIOR one consistent wording of our own (see ``mvot/worlds/minibehavior.py``).
 Answers are read back with :data:`ANSWER_RE`, the release's pattern.
+
+*Index hints* (``tokenize.index_hints``, off by default, so the prompts stay the paper's):
+the actions of the question are numbered (``1: Go up. 2: Go left.``) and so is each step
+of the response (``2: Go left. <image>``). A model then finds the k-th action by matching
+``k:`` in the question, an induction-head lookup, instead of counting steps; index hints
+of this kind are known to help small transformers with algorithmic tasks (Zhou et al.,
+2023, "What algorithms can transformers learn?").
 """
 
 from __future__ import annotations
@@ -93,15 +100,20 @@ def action_text(task: str, action: str) -> str:
     return MB_ACTION_TEXT[action] if task == "minibehavior" else MOVE_TEXT[action]
 
 
-def question(inst: Instance) -> str:
+def question(inst: Instance, index_hints: bool = False) -> str:
     """The question text up to (not including) the initial image."""
-    return question_for(inst.task, inst.actions)
+    return question_for(inst.task, inst.actions, index_hints)
 
 
-def question_for(task: str, actions) -> str:
+def _hint(k: int, index_hints: bool) -> str:
+    return f"{k}: " if index_hints else ""
+
+
+def question_for(task: str, actions, index_hints: bool = False) -> str:
     """The question of ``task`` about an action list (the instance's layout is in its image)."""
     options = " ".join(f"{k}. {v}" for k, v in world(task).OPTIONS.items())
-    return PROMPTS[task].format(actions=" ".join(action_text(task, a) for a in actions), options=options)
+    listed = " ".join(_hint(k, index_hints) + action_text(task, a) for k, a in enumerate(actions, 1))
+    return PROMPTS[task].format(actions=listed, options=options)
 
 
 def final_text(inst: Instance, answer: str | None = None) -> str:
@@ -146,21 +158,22 @@ def mvot_step(inst: Instance, k: int) -> str:
     return text
 
 
-def build(inst: Instance, variant: str, layout_text: bool = False) -> Trace:
+def build(inst: Instance, variant: str, layout_text: bool = False, index_hints: bool = False) -> Trace:
     """The sequence of ``variant`` for one instance."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    parts = [Part("text", question(inst)), Part("image", state=0), Part("text", RESPONSE)]
+    hint = lambda k: _hint(k, index_hints)  # noqa: E731
+    parts = [Part("text", question(inst, index_hints)), Part("image", state=0), Part("text", RESPONSE)]
     out = lambda text: Part("text", text, output=True)  # noqa: E731
     if variant == "direct":
         parts.append(out(f"The answer is {inst.answer}."))
     elif variant == "cot":
         lead = describe_layout(inst) if layout_text else ""
-        steps = " ".join(cot_step(inst, k) for k in range(1, inst.n_steps + 1))
+        steps = " ".join(hint(k) + cot_step(inst, k) for k in range(1, inst.n_steps + 1))
         parts.append(out(f"{lead}{steps} {final_text(inst)}"))
     else:
         for k in range(1, inst.n_steps + 1):
-            parts.append(out(("" if k == 1 else " ") + mvot_step(inst, k) + " "))
+            parts.append(out(("" if k == 1 else " ") + hint(k) + mvot_step(inst, k) + " "))
             parts.append(Part("image", state=k, output=True))
         parts.append(out(" " + final_text(inst)))
     return Trace(variant, tuple(parts))

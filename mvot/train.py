@@ -191,7 +191,7 @@ def build_model(params: Params, vocab: Vocab):
     m = params.train.model
     if m.pretrained:
         return from_pretrained(m.pretrained, vocab, m.lora_r, m.lora_alpha)
-    return from_scratch(vocab, m.d_model, m.n_layer, m.n_head, m.d_ff, m.max_len, seed=params.seed)
+    return from_scratch(vocab, m.d_model, m.n_layer, m.n_head, m.d_ff, m.max_len, seed=params.seed, grid_pos=m.grid_pos)
 
 
 def distributed() -> tuple[int, int, int]:
@@ -340,6 +340,7 @@ def train(
         geometry = {t: {"cell_px": params.render.task(t).cell_px, "canvas_cells": params.canvas_cells(t),
                         "sizes": list(params.generate.task(t).sizes)} for t in cfg.tasks}
         meta = {"run": run, "variant": spec.variant, "ld_weight": spec.ld_weight, "tasks": list(cfg.tasks), "steps": step,
+                "index_hints": params.tokenize.index_hints,
                 "render": geometry}
         save_model(core, vocab, tokenizer_dir, out_dir / "model", meta)
     if world > 1:

@@ -81,10 +81,11 @@ def test_boi_is_forbidden_without_drawing_or_room(tiny_tokens):
     assert all(not o.images for o in dec.decode(prompts, ["maze"] * 2, draw=True, max_new_tokens=t + 1))
 
 
-def test_batched_decoding_equals_one_at_a_time(tiny_tokens):
+@pytest.mark.parametrize("grid_pos", [0, 12])
+def test_batched_decoding_equals_one_at_a_time(tiny_tokens, grid_pos):
     _, tok_dir, tokens_dir = tiny_tokens
     vocab = Vocab.load(tok_dir / "vocab.json")
-    model = from_scratch(vocab, 32, 2, 2, 64, 1024, seed=5)
+    model = from_scratch(vocab, 32, 2, 2, 64, 1024, seed=5, grid_pos=grid_pos)
     dec = Decoder(model, vocab, load_text_tokenizer(tok_dir))
     prompts = _prompts(tokens_dir, "frozenlake", 2) + _prompts(tokens_dir, "minibehavior", 2)
     tasks = ["frozenlake"] * 2 + ["minibehavior"] * 2
@@ -116,3 +117,65 @@ def test_load_model_refuses_a_bad_directory(tmp_path):
     (tmp_path / "tokenizer").mkdir()
     with pytest.raises(Exception, match="vocab.json: missing"):
         load_model(tmp_path)
+
+
+# --------------------------------------------------------------------------------------
+# 2D image positions (train.model.grid_pos)
+
+
+def test_image_grid_indexes_codes_by_row_and_column():
+    from mvot.model import image_grid
+
+    boi, eoi, t, c = 90, 91, 5, 100  # a text token and a code
+    ids = torch.tensor([[t, boi, c, c, c, c, eoi, t, boi, *[c] * 9, eoi, t, boi, c, c]])
+    rows, cols = image_grid(ids, boi, eoi, limit=8)[0].T.tolist()
+    assert rows == [0, 0, 1, 1, 2, 2, 0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 0, 0, 0, 0, 0]  # 2x2, 3x3, unclosed
+    assert cols == [0, 0, 1, 2, 1, 2, 0, 0, 0, 1, 2, 3, 1, 2, 3, 1, 2, 3, 0, 0, 0, 0, 0]
+    assert image_grid(ids, boi, eoi, limit=2)[0, :, 0].max() == 2  # clamped
+
+
+def test_grid_model_saves_loads_and_decodes_with_consistent_positions(tiny_tokens, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from mvot.model import MvotLlamaForCausalLM, image_grid
+
+    _, tok_dir, tokens_dir = tiny_tokens
+    vocab = Vocab.load(tok_dir / "vocab.json")
+    model = from_scratch(vocab, 32, 2, 2, 64, 1024, seed=3, grid_pos=12).eval()
+    prompt = torch.from_numpy(_prompts(tokens_dir, "frozenlake", 1)[0])[None]
+    grid = image_grid(prompt, vocab.boi, vocab.eoi, 12)
+    assert grid[..., 0].max() > 0  # the initial image has positions
+    with torch.no_grad():
+        base = model(input_ids=prompt).logits
+        model.grid_row.weight[1:] += 1.0  # positions matter for image tokens only
+        moved = model(input_ids=prompt).logits
+    first_code = int((grid[0, :, 0] > 0).nonzero()[0])
+    assert torch.allclose(base[0, :first_code], moved[0, :first_code])
+    assert not torch.allclose(base[0, first_code:], moved[0, first_code:])
+
+    model.save_pretrained(str(tmp_path))
+    again = AutoModelForCausalLM.from_pretrained(str(tmp_path), local_files_only=True).eval()
+    assert isinstance(again, MvotLlamaForCausalLM) and again.config.grid_pos == 12
+    with torch.no_grad():
+        assert torch.allclose(again(input_ids=prompt).logits, moved, atol=1e-5)
+
+    seen = []
+
+    class Spy(torch.nn.Module):  # records the index the decoder passes with each cached token
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, **kw):
+            seen.append(kw.get("grid_index"))
+            return self.inner(**kw)
+
+    with torch.no_grad():  # make a random model draw: favour <boi>
+        again.lm_head.weight[vocab.boi] += 1.0
+    out = Decoder(Spy(again), vocab, load_text_tokenizer(tok_dir)).decode(
+        [prompt[0].numpy()], ["frozenlake"], draw=True, max_new_tokens=120)[0]
+    assert out.images, "the test needs a drawn image"
+    full = torch.cat([prompt, torch.tensor([out.tokens])], dim=1)
+    expect = image_grid(full, vocab.boi, vocab.eoi, 12)[0, prompt.shape[1] : prompt.shape[1] + len(seen) - 1]
+    fed = torch.cat([g[0] for g in seen[1:]])  # seen[0] is the prompt (index computed inside)
+    assert seen[0] is None and torch.equal(fed, expect)

@@ -107,6 +107,34 @@ def test_sweep_on_a_local_dask_cluster(prefect_harness, sweep_root):
     assert (sweep_root / "sweeps" / "dask" / "summary" / "comparison.csv").is_file()
 
 
+def test_index_hints_get_token_arrays_of_their_own(sweep_root):
+    """A sweep that changes the ``tokenize`` section tokenizes again with the pipeline's
+    tokenizer, under the sweep directory; the pipeline's own arrays serve the default."""
+    from flows.sweep import prepare_tokens, tokens_tag
+    from mvot.tokenize import load_split
+    from mvot.tokenizers import load_text_tokenizer
+
+    raw = yaml.safe_load((sweep_root / "params.yaml").read_text())
+    assert tokens_tag(raw, 16, str(sweep_root)) is None
+    assert tokens_tag(raw, 8, str(sweep_root)) == "patch8"
+    hinted = yaml.safe_load(yaml.safe_dump(raw))
+    hinted["tokenize"]["index_hints"] = True
+    tag = tokens_tag(hinted, 16, str(sweep_root))
+    assert tag.startswith("patch16-tok")
+    tokens, tokenizer = prepare_tokens.fn(hinted, 16, str(sweep_root), str(sweep_root / "sweeps" / "t"), False)
+    assert tokens == str(sweep_root / "sweeps" / "t" / tag / "tokens")
+    assert tokenizer == str(sweep_root / "models" / "tokenizer")
+    from mvot.vocab import Vocab
+
+    text = load_text_tokenizer(sweep_root / "models" / "tokenizer")
+    n_text = Vocab.load(sweep_root / "models" / "tokenizer" / "vocab.json").n_text
+    seq = load_split(tokens, "maze", "test", "mvot").sequence(0)[0]
+    words = text.decode([int(t) for t in seq if t < n_text], skip_special_tokens=True)
+    assert "Full Action Sequence: 1: Go " in words and "Response: 1: Go " in words
+    default = load_split(sweep_root / "data" / "tokens", "maze", "test", "mvot").sequence(0)[0]
+    assert len(seq) > len(default)
+
+
 def test_failed_trial_is_reported_not_lost(prefect_harness, sweep_root):
     from flows.sweep import run_sweep
 

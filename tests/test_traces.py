@@ -49,3 +49,17 @@ def test_cot_steps_carry_coordinates_and_inventory(params):
 def test_parse_answer():
     assert traces.parse_answer("blah. The answer is C.") == "C"
     assert traces.parse_answer("The answer is") is None
+
+
+def test_index_hints_number_the_actions_and_the_steps():
+    s = maze.MazeState(3, "TTTTFTFFFFFFFTFTTF", (1, 2), ((0, 0), (0, 2), (2, 1), (1, 1)), ((1, 2),))
+    states, ans = maze.run(s, ("down", "left"))
+    inst = Instance("maze", "m", ("down", "left"), states, ans)
+    assert traces.build(inst, "mvot", index_hints=True).text() == (
+        MAZE_PROMPT_START + "1: Go down. 2: Go left. \nInitial maze: <image 0>\nResponse: "
+        "1: Go down. <image 1> 2: Go left. <image 2> Action sequence finished. The answer is C."
+    )
+    cot = traces.build(inst, "cot", index_hints=True).text()
+    assert "Response: 1: Go down. The agent moves to" in cot and " 2: Go left. The agent" in cot
+    assert traces.build(inst, "direct", index_hints=True).text().endswith("<image 0>\nResponse: The answer is C.")
+    assert traces.question_for("maze", ("down", "left")) == traces.question(inst)  # off by default: the paper's prompt
