@@ -54,6 +54,9 @@ def test_cross_field_rules(raw_params):
     raw["generate"]["test_share"] = 0.45
     assert "val_share + test_share = 0.9: must stay below 0.9" in _bad(raw, ["generate", "val_share"], 0.45)
     assert "required key is missing" in _bad(raw_params, ["render", "maze"], KeyError)
+    raw = copy.deepcopy(raw_params)
+    raw["train"]["model"]["pretrained"] = "some/checkpoint"
+    assert "grid_pos applies to a model built from scratch" in _bad(raw, ["train", "model", "grid_pos"], 6)
 
 
 def test_train_runs_are_checked(raw_params):

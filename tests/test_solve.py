@@ -64,3 +64,30 @@ def test_solve_refuses_bad_input(tiny_overfit, tmp_path, capsys, monkeypatch):
 
     assert main(["solve", str(raw / "frozenlake" / "test.jsonl"), "--model", str(tmp_path)]) == 1
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_prompt_follows_the_models_index_hints(tiny_overfit):
+    """A model trained on numbered actions (tokenize.index_hints) is asked in that form."""
+    import dataclasses
+
+    from mvot.data import read_split
+    from mvot.generate import load_model
+    from mvot import vq
+    from mvot.render import Renderer
+    from mvot.solve import Problem, prompt_ids
+    from mvot.tokenizers import PatchCoder
+
+    params, model_dir, raw, _, _ = tiny_overfit
+    lm = load_model(model_dir)
+    inst = read_split(raw / "frozenlake", "test")[0]
+    problem = Problem("frozenlake", tuple(inst.actions), Renderer.from_params(params, "frozenlake").render_array(inst.states[0]))
+    coder = PatchCoder(vq.load(model_dir / "tokenizer"))
+
+    def text(model):
+        ids = prompt_ids(model, coder, problem)
+        return model.text_tokenizer.decode([int(i) for i in ids if i < model.vocab.n_text], skip_special_tokens=True)
+
+    first = f"Go {inst.actions[0]}."
+    assert f"Full Action Sequence: {first}" in text(lm)
+    hinted = dataclasses.replace(lm, meta=lm.meta | {"index_hints": True})
+    assert f"Full Action Sequence: 1: {first}" in text(hinted)

@@ -51,9 +51,11 @@ def test_tiny_model_overfits_a_handful_of_mvot_traces(tiny_tokens, raw_params, t
     assert losses[-1] < 0.1 * losses[0], losses
 
 
-def test_resume_continues_exactly(tiny_tokens, raw_params, tmp_path):
+@pytest.mark.parametrize("grid_pos", [0, 6])
+def test_resume_continues_exactly(tiny_tokens, raw_params, tmp_path, grid_pos):
     _, tok_dir, tokens_dir = tiny_tokens
-    p = _params(raw_params, tasks=["maze"], steps=8, lr=0.003)
+    p = _params(raw_params, tasks=["maze"], steps=8, lr=0.003,
+                model={"d_model": 64, "n_layer": 2, "n_head": 2, "d_ff": 128, "max_len": 2048, "grid_pos": grid_pos})
     train(p, "run", tokens_dir, tok_dir, tmp_path / "full", progress=False)
     train(p, "run", tokens_dir, tok_dir, tmp_path / "cut", stop_after=3, progress=False)
     assert not (tmp_path / "cut" / "model").exists()
@@ -61,6 +63,12 @@ def test_resume_continues_exactly(tiny_tokens, raw_params, tmp_path):
     a = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.startswith("grid_row") for k in a) == (grid_pos > 0)
+    if grid_pos:  # the 2D positions were trained, and the saved model loads for decoding
+        from mvot.generate import load_model
+
+        assert a["grid_row.weight"][1:].abs().sum() > 0 and a["grid_row.weight"][0].abs().sum() == 0
+        assert load_model(tmp_path / "full" / "model").model.config.grid_pos == 6
 
 
 def test_loss_terms_follow_the_variant(tiny_tokens, raw_params, tmp_path):
