@@ -70,9 +70,9 @@ def test_prompt_follows_the_models_index_hints(tiny_overfit):
     """A model trained on numbered actions (tokenize.index_hints) is asked in that form."""
     import dataclasses
 
+    from mvot import vq
     from mvot.data import read_split
     from mvot.generate import load_model
-    from mvot import vq
     from mvot.render import Renderer
     from mvot.solve import Problem, prompt_ids
     from mvot.tokenizers import PatchCoder
