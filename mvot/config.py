@@ -246,6 +246,8 @@ class EvaluateConfig(_Section):
     limit: int = Field(ge=0, le=10_000_000, description="test instances per task scored (first N of the split); 0 = all")
     batch_size: int = Field(ge=1, le=4096, description="instances decoded together")
     max_new_tokens: int = Field(ge=0, le=131072, description="length budget of a generated trace; 0 = up to the model's context")
+    budget_factor: float = Field(default=1.5, ge=0.0, le=100.0,
+                                 description="per-task budget: this x the longest output of the train split (0 = none)")
     temperature: float = Field(ge=0.0, le=10.0, description="0 = greedy (default); > 0 samples")
     top_k: int = Field(ge=0, le=65536, description="sample from the k likeliest tokens (0 = all)")
     strips: int = Field(ge=0, le=100, description="pictures of true vs drawn states per task, correct and wrong cases each")

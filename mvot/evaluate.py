@@ -220,6 +220,38 @@ def prompt_of(tokens: np.ndarray, supervised: np.ndarray) -> np.ndarray:
     return np.asarray(tokens[:first], dtype=np.int64)
 
 
+def longest_output(ts) -> int:
+    """The longest output (tokens after the prompt) of a split's tokenized traces."""
+    first = np.flatnonzero(np.asarray(ts.supervised))
+    if not len(first):
+        return 0
+    seq = np.searchsorted(np.asarray(ts.offsets), first, side="right") - 1
+    starts = np.full(len(ts), -1, dtype=np.int64)
+    starts[seq[::-1]] = first[::-1]  # the first supervised position of each sequence
+    ok = starts >= 0
+    return int((np.asarray(ts.offsets)[1:][ok] - starts[ok]).max())
+
+
+def task_budget(cfg, tokens_dir, task: str, variant: str) -> int | None:
+    """The decoding budget of a task: ``max_new_tokens`` (0 = none), capped at
+    ``budget_factor`` x the longest output of the train split, when that is known. A model
+    that has not answered by then is scored as not answering; without the cap such rows
+    decode to the context limit, which was most of the evaluation time (README)."""
+    from mvot.data import DataError
+    from mvot.tokenize import load_split
+
+    budget = cfg.max_new_tokens or None
+    if cfg.budget_factor > 0:
+        try:
+            longest = longest_output(load_split(tokens_dir, task, "train", variant))
+        except DataError:
+            longest = 0
+        if longest:
+            cap = int(math.ceil(cfg.budget_factor * longest))
+            budget = cap if budget is None else min(budget, cap)
+    return budget
+
+
 def decode_images(coder, codes: list[np.ndarray], side: int) -> list[np.ndarray]:
     """Drawn codes -> uint8 pixel images, through the frozen VQ decoder."""
     if not codes:
@@ -289,6 +321,7 @@ def evaluate_run(
             n = len(insts) if cfg.limit == 0 else min(cfg.limit, len(insts))
             insts = insts[:n]
             prompts = [prompt_of(*ts.sequence(i)[:2]) for i in range(n)]
+            budget = task_budget(cfg, tokens_dir, task, variant)
             bar = None
             if progress:
                 from tqdm import tqdm
@@ -296,7 +329,7 @@ def evaluate_run(
                 bar = tqdm(total=n, desc=f"evaluate {run} {task}", unit="inst")
             t0 = time.perf_counter()
             decoded = decoder.decode(
-                prompts, [task] * n, draw=lm.draws, max_new_tokens=cfg.max_new_tokens or None, batch_size=cfg.batch_size,
+                prompts, [task] * n, draw=lm.draws, max_new_tokens=budget, batch_size=cfg.batch_size,
                 temperature=cfg.temperature, top_k=cfg.top_k, seed=params.seed,
                 on_batch=(lambda done, total, bar=bar: bar.update(done - bar.n)) if bar else None,
             )
@@ -308,7 +341,8 @@ def evaluate_run(
             records, pictures = score(insts, decoded, renderer, coder, side, lm.draws)
             metrics = {"task": task, "run": run, "variant": variant} | summarize(records, lm.draws)
             new_tokens = sum(r.new_tokens for r in records)
-            metrics |= {"decode_seconds": round(seconds, 1), "decode_tokens_per_s": round(new_tokens / max(seconds, 1e-9), 1)}
+            metrics |= {"decode_seconds": round(seconds, 1), "decode_tokens_per_s": round(new_tokens / max(seconds, 1e-9), 1),
+                        "decode_budget": budget}
             d = tmp / task
             write_records(d / "predictions.jsonl", records)
             if lm.draws and cfg.strips:

@@ -145,3 +145,22 @@ def test_evaluate_a_model_that_memorised_its_test_set(tiny_overfit, tmp_path):
     saved = json.loads((tmp_path / "metrics" / "frozenlake" / "mvot.json").read_text())
     assert saved["accuracy"] == m["accuracy"] and "confusion" in saved
     assert json.loads((tmp_path / "metrics" / "maze" / "mvot.json").read_text())["evaluated"] is False
+    assert m["decode_budget"] <= params.evaluate.max_new_tokens
+
+
+def test_decoding_budget_from_the_longest_train_output(tiny_tokens, raw_params):
+    from mvot.evaluate import longest_output, prompt_of, task_budget
+    from mvot.tokenize import load_split
+
+    _, _, tokens_dir = tiny_tokens
+    for task in TASKS:
+        ts = load_split(tokens_dir, task, "train", "mvot")
+        brute = max(len(ts.sequence(i)[0]) - len(prompt_of(*ts.sequence(i)[:2])) for i in range(len(ts)))
+        assert longest_output(ts) == brute
+    raw = tiny_tokenizer_raw(raw_params)
+    longest = longest_output(load_split(tokens_dir, "maze", "train", "mvot"))
+    cfg = lambda **kw: parse_params(raw | {"evaluate": raw["evaluate"] | kw}).evaluate  # noqa: E731
+    assert task_budget(cfg(max_new_tokens=0, budget_factor=1.5), tokens_dir, "maze", "mvot") == int(np.ceil(1.5 * longest))
+    assert task_budget(cfg(max_new_tokens=10, budget_factor=1.5), tokens_dir, "maze", "mvot") == 10
+    assert task_budget(cfg(max_new_tokens=0, budget_factor=0), tokens_dir, "maze", "mvot") is None
+    assert task_budget(cfg(max_new_tokens=0, budget_factor=2), tokens_dir / "missing", "maze", "mvot") is None
