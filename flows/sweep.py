@@ -45,6 +45,7 @@ from mvot.errors import MvotError
 from mvot.sweep import (
     CONFIG_KEYS,
     GRID_KEYS,
+    SCORES,
     aggregate,
     trial_key,
     trial_raw,
@@ -163,7 +164,7 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
         for task_name in TASKS:
             p = d / "metrics" / task_name / "trial.json"
             if p.is_file() and (m := json.loads(p.read_text())).get("evaluated") is not False:
-                row["tasks"][task_name] = {k: m.get(k) for k in ("accuracy", "v_acc", "v_red", "v_steps", "v_ratio")}
+                row["tasks"][task_name] = {k: m.get(k) for k in SCORES}
         row |= {"status": "ok", "train_seconds": summary.get("seconds"), "wall_seconds": round(time.perf_counter() - t0, 1)}
         tmp = done.with_suffix(".tmp")
         tmp.write_text(json.dumps(row, indent=1))

@@ -16,6 +16,13 @@ must stay where it was).
   (the first run, counted from step 1).
 * **V-Ratio**: V-Steps / true number of steps, averaged over instances with steps.
 
+Written actions (the variants that write steps: CoT, interleaved, MVoT): the actions the
+response names, in order, against the actions actually executed (the list up to where
+the episode ended). **A-Exact**: share of instances whose written list equals the
+executed one; **A-First**: share whose first written action is the first executed one.
+They separate "cannot fetch the k-th action from the question" from "cannot track the
+state" (not in the paper; a diagnostic of issue 7).
+
 Accuracy: exact letter match, overall, per grid size and per true answer letter;
 unparsed answers count as wrong and are counted. The MVoT+CoT upper bound counts an
 instance correct when either model is; the *combined predictor* is a rule one can
@@ -58,6 +65,8 @@ class Record:
     step_correct: list[bool] = field(default_factory=list)
     step_redundant: list[bool] = field(default_factory=list)
     text: str = ""
+    actions_exact: bool | None = None  # the written actions are the executed ones (None: none written by design)
+    actions_first: bool | None = None  # the first written action is the first executed one
 
     @property
     def correct(self) -> bool:
@@ -71,6 +80,18 @@ class Record:
                 break
             n += 1
         return n
+
+
+def written_actions(task: str, text: str) -> list[str]:
+    """The actions a generated response names, in order (``Go up.``, ``Pick up printer_0.``)."""
+    import re
+
+    from mvot.traces import action_text
+    from mvot.worlds import world
+
+    names = {action_text(task, a): a for a in world(task).ACTIONS}
+    pattern = "|".join(re.escape(t) for t in sorted(names, key=len, reverse=True))
+    return [names[m] for m in re.findall(pattern, text)]
 
 
 def _focus(state) -> tuple[int, int]:
@@ -129,6 +150,10 @@ def summarize(records: list[Record], visual: bool) -> dict:
         counts = Counter((r.gold, r.pred or NONE) for r in records)
         confusion = {g: {p: counts[(g, p)] for p in cols} for g in letters(records[0].task)}
     out["confusion"] = confusion
+    written = [r for r in records if r.actions_exact is not None]
+    if written:
+        out["a_exact"] = _share(sum(r.actions_exact for r in written), len(written))
+        out["a_first"] = _share(sum(bool(r.actions_first) for r in written), len(written))
     if visual:
         steps = [c for r in records for c in r.step_correct]
         red = [x for r in records for x in r.step_redundant]
@@ -260,17 +285,22 @@ def decode_images(coder, codes: list[np.ndarray], side: int) -> list[np.ndarray]
 
 
 def score(
-    insts: list[Instance], decoded: list, renderer: Renderer, coder, side: int, visual: bool
+    insts: list[Instance], decoded: list, renderer: Renderer, coder, side: int, visual: bool, steps: bool = True
 ) -> tuple[list[Record], list[list[np.ndarray]]]:
-    """Records of decoded outputs against their instances, plus the drawn pictures."""
+    """Records of decoded outputs against their instances, plus the drawn pictures.
+    ``steps``: the variant writes its steps (all but ``direct``)."""
     records, pictures = [], []
     for inst, out in zip(insts, decoded, strict=True):
         drawn = decode_images(coder, out.images, side) if visual else []
         correct, redundant = check_steps(renderer, inst, drawn) if visual else ([], [])
+        exact = first = None
+        if steps:
+            written, executed = written_actions(inst.task, out.text), list(inst.actions[: inst.n_steps])
+            exact, first = written == executed, written[:1] == executed[:1]
         records.append(Record(
             uid=inst.uid, task=inst.task, size=inst.size, n_steps=inst.n_steps, gold=inst.answer, pred=out.answer,
             answer_logprob=out.answer_logprob, new_tokens=len(out.tokens), stopped=out.stopped, drawn=len(out.images),
-            step_correct=correct, step_redundant=redundant, text=out.text,
+            step_correct=correct, step_redundant=redundant, text=out.text, actions_exact=exact, actions_first=first,
         ))
         pictures.append(drawn)
     return records, pictures
@@ -338,7 +368,7 @@ def evaluate_run(
                 bar.close()
             renderer = Renderer.from_params(params, task)
             side = int(round(math.sqrt(lm.vocab.tokens_per_image[task])))
-            records, pictures = score(insts, decoded, renderer, coder, side, lm.draws)
+            records, pictures = score(insts, decoded, renderer, coder, side, lm.draws, steps=variant != "direct")
             metrics = {"task": task, "run": run, "variant": variant} | summarize(records, lm.draws)
             new_tokens = sum(r.new_tokens for r in records)
             metrics |= {"decode_seconds": round(seconds, 1), "decode_tokens_per_s": round(new_tokens / max(seconds, 1e-9), 1),

@@ -92,7 +92,7 @@ def tracking_info(run_dir: str | Path) -> dict:
 
 
 SCALARS = ("accuracy", "unparsed", "drawn_steps", "v_acc", "v_red", "v_steps", "v_ratio", "drawn_vs_true_steps", "mean_new_tokens",
-           "decode_seconds", "decode_tokens_per_s", "decode_budget")
+           "decode_seconds", "decode_tokens_per_s", "decode_budget", "a_exact", "a_first")
 
 
 def evaluate_tracked(

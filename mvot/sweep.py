@@ -13,7 +13,7 @@ from mvot.config import TASKS, Params, parse_params
 
 GRID_KEYS = ("variant", "ld_weight", "ld_distance", "ld_reduction", "patch_px", "seed")
 CONFIG_KEYS = GRID_KEYS[:-1]  # a trial's configuration: everything but the seed
-SCORES = ("accuracy", "v_acc", "v_red", "v_steps", "v_ratio")
+SCORES = ("accuracy", "v_acc", "v_red", "v_steps", "v_ratio", "a_exact", "a_first")
 
 
 def trial_key(t: dict) -> str:

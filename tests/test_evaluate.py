@@ -97,6 +97,28 @@ def test_summary_arithmetic():
     assert "v_acc" not in summarize(records, visual=False)
 
 
+def test_written_actions_against_the_executed_ones(tiny_params):
+    from types import SimpleNamespace
+
+    from mvot.evaluate import score, written_actions
+
+    assert written_actions("maze", "1: Go up. <image> 2: Go left. The agent moves to (0, 1).") == ["up", "left"]
+    mb = written_actions("minibehavior", "Go up. Carrying objects: none. Pick up printer_0. Put down printer_0.")
+    assert mb == ["up", "pickup", "putdown"]
+    inst = draw("frozenlake", tiny_params, 3)
+    executed = list(inst.actions[: inst.n_steps])
+    text = " ".join(f"Go {a}." for a in executed) + " The answer is A."
+    wrong_first = {"up": "down"}.get(executed[0], "up")
+    outs = [SimpleNamespace(text=t, answer="A", answer_logprob=None, tokens=[], stopped="answer", images=[])
+            for t in (text, f"Go {wrong_first}. " + text, "The answer is A.")]
+    records, _ = score([inst] * 3, outs, None, None, 0, visual=False)
+    assert [(r.actions_exact, r.actions_first) for r in records] == [(True, True), (False, False), (False, False)]
+    s = summarize(records, visual=False)
+    assert s["a_exact"] == 33.33 and s["a_first"] == 33.33
+    direct, _ = score([inst], outs[:1], None, None, 0, visual=False, steps=False)
+    assert direct[0].actions_exact is None and "a_exact" not in summarize(direct, visual=False)
+
+
 def test_upper_bound_and_combined_predictor():
     a = [_rec("1", "A", "A", logprob=-0.5), _rec("2", "A", "B", logprob=-0.1), _rec("3", "A", None),
          _rec("4", "A", "B", logprob=-1.0), _rec("5", "A", "A", logprob=-0.2)]
