@@ -122,13 +122,15 @@ def prepare_tokens(raw: dict, patch_px: int, root: str, sweep_dir: str, track: b
 
 
 def _same_trial(path: Path, trial: dict) -> bool:
-    """Whether the params a trial ran with (``path``) equal ``trial``'s, the sweep section
-    aside (the grid around a trial may grow without changing the trial)."""
+    """Whether the params a trial ran with (``path``) equal ``trial``'s as validated
+    configs (defaults filled in, so a key added later with its default changes nothing),
+    the sweep section aside (the grid around a trial may grow without changing the trial)."""
     try:
         before = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+        a, b = parse_params(before, str(path)).model_dump(), parse_params(trial, "trial").model_dump()
+    except (OSError, yaml.YAMLError, MvotError, ValueError, TypeError):
         return False
-    return isinstance(before, dict) and {**before, "sweep": None} == {**trial, "sweep": None}
+    return {**a, "sweep": None} == {**b, "sweep": None}
 
 
 @task(name="sweep-trial", task_run_name="trial-{key}", cache_policy=NO_CACHE)

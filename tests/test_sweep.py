@@ -135,6 +135,26 @@ def test_index_hints_get_token_arrays_of_their_own(sweep_root):
     assert len(seq) > len(default)
 
 
+def test_trial_reuse_compares_validated_params(raw_params, tmp_path):
+    """A trial that ran before a params key was added (with its default) is the same trial;
+    a changed value, a changed sweep-independent section or unreadable params are not."""
+    import copy
+
+    from flows.sweep import _same_trial
+
+    before = copy.deepcopy(raw_params)
+    before["evaluate"].pop("budget_factor", None)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(before))
+    now = copy.deepcopy(raw_params) | {"sweep": {**raw_params["sweep"], "name": "wider"}}
+    now["evaluate"]["budget_factor"] = 1.5
+    assert _same_trial(path, now)
+    now["evaluate"]["budget_factor"] = 1.0
+    assert not _same_trial(path, now)
+    path.write_text("evaluate: [unreadable")
+    assert not _same_trial(path, raw_params)
+
+
 def test_failed_trial_is_reported_not_lost(prefect_harness, sweep_root):
     from flows.sweep import run_sweep
 
