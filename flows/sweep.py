@@ -37,6 +37,7 @@ import yaml
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.pipeline import ROOT, PipelineError, markdown_table, resolve_params
@@ -193,14 +194,21 @@ def sweep_flow(params_path: str = "params.yaml", sets: list[str] | None = None, 
         parent.log_dict({"grid": params.sweep.grid.model_dump(mode="json"), "skipped": skipped}, "sweep/grid.json")
         token_futures = {px: prepare_tokens.submit(raw, px, root, sweep_dir, track)
                          for px in dict.fromkeys(t["patch_px"] for t in grid)}
-        rows, n = [], params.sweep.max_workers
-        for i in range(0, len(grid), n):  # at most sweep.max_workers trials at once, whatever the runner
-            wave = []
-            for t in grid[i : i + n]:
+        # at most sweep.max_workers trials at once, whatever the runner: a sliding window, so
+        # a reused trial frees its slot at once and a slow trial holds up no other
+        n = params.sweep.max_workers
+        results: dict[int, dict] = {}
+        inflight: dict = {}
+        queue = list(enumerate(grid))
+        while queue or inflight:
+            while queue and len(inflight) < n:
+                i, t = queue.pop(0)
                 tokens, tokenizer = token_futures[t["patch_px"]].result()
-                wave.append(run_trial.submit(trial_key(t), t, raw, tokens, tokenizer, root, sweep_dir,
-                                             parent.run_id, uri if track else None, min(n, len(grid) - i)))
-            rows += [f.result() for f in wave]
+                inflight[run_trial.submit(trial_key(t), t, raw, tokens, tokenizer, root, sweep_dir, parent.run_id,
+                                          uri if track else None, min(n, len(grid)))] = i
+            done = next(as_completed(list(inflight)))
+            results[inflight.pop(done)] = done.result()
+        rows = [results[i] for i in range(len(grid))]
         table = aggregate(rows)
         files = write_summary(rows, table, Path(sweep_dir) / "summary",
                               {t: params.render.task(t).cell_px for t in TASKS})
