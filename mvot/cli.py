@@ -109,6 +109,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mvot.tracking import NullTracker, start_run
 
     params = load_params(args.params)
+    if args.limit is not None or args.budget_factor is not None:  # one-off overrides, validated like the file
+        from mvot.config import parse_params
+
+        raw = params.model_dump(mode="json")
+        raw["evaluate"] |= {k: v for k, v in (("limit", args.limit), ("budget_factor", args.budget_factor)) if v is not None}
+        params = parse_params(raw, f"{args.params} with --limit/--budget-factor")
     runs = args.run or list(params.train.runs)
     unknown = [r for r in runs if r not in params.train.runs]
     if unknown:
@@ -313,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="eval", help="predictions and strips (default: eval)")
     e.add_argument("--metrics", default="metrics", help="metrics/<task>/<run>.json (default: metrics)")
     e.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    e.add_argument("--limit", type=int, help="override evaluate.limit (0 = the whole test split)")
+    e.add_argument("--budget-factor", type=float, help="override evaluate.budget_factor (0 = no per-task cap)")
     e.set_defaults(fn=cmd_evaluate)
 
     c = sub.add_parser("combine", help="MVoT+CoT upper bound, combined predictor, accuracy-by-size tables (DVC stage 'combine')")

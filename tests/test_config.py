@@ -101,3 +101,15 @@ def test_cli_stops_before_any_work(tmp_path, raw_params, capsys):
     err = capsys.readouterr().err
     assert "generate.maze.steps[0] = 0: must be >= 1" in err
     assert not out.exists()
+
+
+def test_evaluate_overrides_are_validated(tmp_path, raw_params, capsys):
+    import yaml
+
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw_params))
+    assert main(["--params", str(p), "evaluate", "--limit", "-1", "--runs", str(tmp_path), "--no-track"]) == 1
+    assert "evaluate.limit = -1: must be >= 0" in capsys.readouterr().err
+    assert main(["--params", str(p), "evaluate", "--limit", "0", "--budget-factor", "2", "--runs", str(tmp_path),
+                 "--no-track"]) == 1  # valid overrides; then the missing model is the error
+    assert "no trained model" in capsys.readouterr().err
