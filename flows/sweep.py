@@ -76,15 +76,12 @@ def tokens_tag(raw: dict, patch_px: int, root: str) -> str | None:
     import hashlib
 
     try:
-        pipeline = yaml.safe_load((Path(root) / "params.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        pipeline = {}
-    same_text = parse_params(pipeline, "params.yaml").tokenize == parse_params(raw, "sweep params").tokenize \
-        if pipeline else True
-    if patch_px == raw["tokenizer"]["patch_px"] and same_text:
-        return None
+        pipeline = parse_params(yaml.safe_load((Path(root) / "params.yaml").read_text()) or {}, "params.yaml")
+        same_text = pipeline.tokenize == parse_params(raw, "sweep params").tokenize
+    except (OSError, yaml.YAMLError, MvotError):
+        same_text = True  # no readable pipeline params: compare patch sizes only
     if same_text:
-        return f"patch{patch_px}"
+        return None if patch_px == raw["tokenizer"]["patch_px"] else f"patch{patch_px}"
     digest = hashlib.sha1(json.dumps(raw["tokenize"], sort_keys=True).encode()).hexdigest()[:8]
     return f"patch{patch_px}-tok{digest}"
 
@@ -96,15 +93,15 @@ def prepare_tokens(raw: dict, patch_px: int, root: str, sweep_dir: str, track: b
     tokenizer of its own for another patch size; the pipeline's tokenizer and new token
     arrays for other ``tokenize`` settings, e.g. index hints)."""
     r = Path(root)
+    pipeline_tokenizer = patch_px == raw["tokenizer"]["patch_px"]
+    if pipeline_tokenizer and not ((r / "data" / "tokens").is_dir() and (r / "models" / "tokenizer").is_dir()):
+        raise PipelineError("data/tokens or models/tokenizer missing: run `dvc repro tokenize` first")
     tag = tokens_tag(raw, patch_px, root)
-    if tag is None or patch_px == raw["tokenizer"]["patch_px"]:
-        if not (r / "data" / "tokens").is_dir() or not (r / "models" / "tokenizer").is_dir():
-            raise PipelineError("data/tokens or models/tokenizer missing: run `dvc repro tokenize` first")
-        if tag is None:
-            return str(r / "data" / "tokens"), str(r / "models" / "tokenizer")
+    if tag is None:
+        return str(r / "data" / "tokens"), str(r / "models" / "tokenizer")
     d = Path(sweep_dir) / tag
     tokens = d / "tokens"
-    tokenizer = d / "tokenizer" if patch_px != raw["tokenizer"]["patch_px"] else r / "models" / "tokenizer"
+    tokenizer = r / "models" / "tokenizer" if pipeline_tokenizer else d / "tokenizer"
     if (tokens / "done").is_file():
         return str(tokens), str(tokenizer)
     d.mkdir(parents=True, exist_ok=True)
@@ -113,7 +110,7 @@ def prepare_tokens(raw: dict, patch_px: int, root: str, sweep_dir: str, track: b
     parse_params(pr, f"sweep tokenizer patch_px={patch_px}")
     (d / "params.yaml").write_text(yaml.safe_dump(pr, sort_keys=False))
     common = ["--params", str(d / "params.yaml")]
-    if tokenizer != r / "models" / "tokenizer":
+    if not pipeline_tokenizer:
         _mvot([*common, "train-tokenizer", "--raw", str(r / "data/raw"), "--out", str(tokenizer), "--metrics",
                str(d / "tokenizer.json"), *([] if track else ["--no-track"])], r, d / "log.txt")
     _mvot([*common, "tokenize", "--raw", str(r / "data/raw"), "--tokenizer", str(tokenizer), "--out", str(tokens),

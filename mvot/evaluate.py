@@ -32,8 +32,10 @@ answer token the model gave the higher probability.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import re
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -82,16 +84,19 @@ class Record:
         return n
 
 
-def written_actions(task: str, text: str) -> list[str]:
-    """The actions a generated response names, in order (``Go up.``, ``Pick up printer_0.``)."""
-    import re
-
+@functools.cache
+def _action_pattern(task: str) -> tuple[re.Pattern, dict[str, str]]:
     from mvot.traces import action_text
     from mvot.worlds import world
 
     names = {action_text(task, a): a for a in world(task).ACTIONS}
-    pattern = "|".join(re.escape(t) for t in sorted(names, key=len, reverse=True))
-    return [names[m] for m in re.findall(pattern, text)]
+    return re.compile("|".join(re.escape(t) for t in sorted(names, key=len, reverse=True))), names
+
+
+def written_actions(task: str, text: str) -> list[str]:
+    """The actions a generated response names, in order (``Go up.``, ``Pick up printer_0.``)."""
+    pattern, names = _action_pattern(task)
+    return [names[m] for m in pattern.findall(text)]
 
 
 def _focus(state) -> tuple[int, int]:

@@ -75,15 +75,10 @@ class MvotLlamaForCausalLM(LlamaForCausalLM):
     def __init__(self, config: MvotLlamaConfig):
         super().__init__(config)
         g = max(1, config.grid_pos)
+        # index 0 (not an image code) is the padding row: initialised to zero, never trained
         self.grid_row = torch.nn.Embedding(g + 1, config.hidden_size, padding_idx=0)
         self.grid_col = torch.nn.Embedding(g + 1, config.hidden_size, padding_idx=0)
         self.post_init()
-
-    def _init_weights(self, module):
-        super()._init_weights(module)
-        if module is getattr(self, "grid_row", None) or module is getattr(self, "grid_col", None):
-            with torch.no_grad():
-                module.weight[0].zero_()
 
     def forward(self, input_ids=None, grid_index=None, inputs_embeds=None, **kwargs):
         if self.config.grid_pos > 0 and input_ids is not None and inputs_embeds is None:
