@@ -119,23 +119,36 @@ def prepare_tokens(raw: dict, patch_px: int, root: str, sweep_dir: str, track: b
     return str(tokens), str(tokenizer)
 
 
-def _same_trial(path: Path, trial: dict) -> bool:
+def _same_trial(path: Path, trial: dict, ignore: tuple[str, ...] = ("sweep",)) -> bool:
     """Whether the params a trial ran with (``path``) equal ``trial``'s as validated
     configs (defaults filled in, so a key added later with its default changes nothing),
-    the sweep section aside (the grid around a trial may grow without changing the trial)."""
+    the ``ignore`` sections aside (by default the sweep's: the grid around a trial may grow
+    without changing the trial; with ``evaluate`` too: the same trained model)."""
     try:
         before = yaml.safe_load(path.read_text())
         a, b = parse_params(before, str(path)).model_dump(), parse_params(trial, "trial").model_dump()
     except (OSError, yaml.YAMLError, MvotError, ValueError, TypeError):
         return False
-    return {**a, "sweep": None} == {**b, "sweep": None}
+    return {**a, **dict.fromkeys(ignore)} == {**b, **dict.fromkeys(ignore)}
+
+
+def _task_scores(metrics_dir: Path) -> dict[str, dict]:
+    """A trial's scores per evaluated task, from its ``metrics/<task>/trial.json``."""
+    out = {}
+    for task_name in TASKS:
+        p = metrics_dir / task_name / "trial.json"
+        if p.is_file() and (m := json.loads(p.read_text())).get("evaluated") is not False:
+            out[task_name] = {k: m.get(k) for k in SCORES} | {"accuracy_by_size": m.get("accuracy_by_size")}
+    return out
 
 
 @task(name="sweep-trial", task_run_name="trial-{key}", cache_policy=NO_CACHE)
 def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: str, sweep_dir: str,
               parent_run_id: str | None, tracking_uri: str | None, concurrent: int = 1) -> dict:
     """Train and score one trial in its own processes; a failure is recorded, not raised,
-    so that one bad trial does not lose the others. The ``concurrent`` trials on a machine
+    so that one bad trial does not lose the others. A trial that finished before with the
+    same params is reused; with only the ``evaluate`` section changed (e.g. scoring on the
+    whole test split), its trained model is scored again. The ``concurrent`` trials on a machine
     share its cores (torch threads = cores // concurrent, unless OMP_NUM_THREADS is set):
     oversubscribed, two 2-thread trials on 2 cores ran at half the total speed of one."""
     d = Path(sweep_dir) / "trials" / key
@@ -145,27 +158,39 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
     try:
         trial = trial_raw(raw, t)
         if done.is_file() and _same_trial(d / "params.yaml", trial):
-            return json.loads(done.read_text()) | {"reused": True}  # finished before with the same params
-        done.unlink(missing_ok=True)
-        (d / "params.yaml").write_text(yaml.safe_dump(trial, sort_keys=False))
-        common = ["--params", str(d / "params.yaml")]
+            before = json.loads(done.read_text())  # finished before with the same params
+            if any("accuracy_by_size" not in m for m in before.get("tasks", {}).values()):
+                before["tasks"] = _task_scores(d / "metrics") or before["tasks"]  # a row from before by-size scores
+            return before | {"reused": True}
+        rescore = (done.is_file() and (d / "runs" / "trial" / "model").is_dir()
+                   and _same_trial(d / "params.yaml", trial, ("sweep", "evaluate")))
+        before = json.loads(done.read_text()) if rescore else {}
+        # a rescore keeps the finished trial's files until it succeeds; a new trial starts clean
+        params_file = d / ("params.rescore.yaml" if rescore else "params.yaml")
+        if not rescore:
+            done.unlink(missing_ok=True)
+        params_file.write_text(yaml.safe_dump(trial, sort_keys=False))
+        common = ["--params", str(params_file)]
         env = {"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {}
         if "OMP_NUM_THREADS" not in os.environ:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, concurrent)))
         track = (["--experiment", "sweep", "--run-name", key, "--parent-run-id", parent_run_id]
                  if parent_run_id else ["--no-track"])
         t0 = time.perf_counter()
-        out = _mvot([*common, "train", "--run", "trial", "--tokens", tokens, "--tokenizer", tokenizer, "--out",
-                     str(d / "runs"), *track], Path(root), d / "log.txt", env)
-        summary, _ = json.JSONDecoder().raw_decode(out, out.index("{\n"))  # what `mvot train` prints last
+        if rescore:  # the same trained model: only the evaluation changed
+            summary = {"seconds": before.get("train_seconds")}
+            row["rescored"] = True
+        else:
+            out = _mvot([*common, "train", "--run", "trial", "--tokens", tokens, "--tokenizer", tokenizer, "--out",
+                         str(d / "runs"), *track], Path(root), d / "log.txt", env)
+            summary, _ = json.JSONDecoder().raw_decode(out, out.index("{\n"))  # what `mvot train` prints last
         _mvot([*common, "evaluate", "--run", "trial", "--runs", str(d / "runs"), "--tokens", tokens, "--raw",
                str(Path(root) / "data/raw"), "--out", str(d / "eval"), "--metrics", str(d / "metrics"),
                *([] if parent_run_id else ["--no-track"])], Path(root), d / "log.txt", env)
-        for task_name in TASKS:
-            p = d / "metrics" / task_name / "trial.json"
-            if p.is_file() and (m := json.loads(p.read_text())).get("evaluated") is not False:
-                row["tasks"][task_name] = {k: m.get(k) for k in SCORES}
+        row["tasks"] = _task_scores(d / "metrics")
         row |= {"status": "ok", "train_seconds": summary.get("seconds"), "wall_seconds": round(time.perf_counter() - t0, 1)}
+        if rescore:
+            params_file.replace(d / "params.yaml")
         tmp = done.with_suffix(".tmp")
         tmp.write_text(json.dumps(row, indent=1))
         tmp.replace(done)  # written last: a trial cut off midway is run again

@@ -89,6 +89,24 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
+def aggregate_by_size(rows: list[dict]) -> list[dict]:
+    """One row per (configuration, task, grid size): accuracy's mean and sample standard
+    deviation over the seeds whose metrics have ``accuracy_by_size``."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r.get("status") != "ok":
+            continue
+        for task, m in (r.get("tasks") or {}).items():
+            for size, acc in (m.get("accuracy_by_size") or {}).items():
+                groups.setdefault((*(r[k] for k in CONFIG_KEYS), task, int(size)), []).append(acc)
+    out = []
+    for key, accs in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0][:-1]) + (kv[0][-1],)):
+        mean, sd = _mean_std(accs)
+        out.append(dict(zip([*CONFIG_KEYS, "task", "size"], key, strict=True))
+                   | {"seeds": len(accs), "accuracy": mean, "accuracy_sd": sd})
+    return out
+
+
 def config_label(row: dict) -> str:
     label = row["variant"]
     if row["variant"] == "mvot":
@@ -99,7 +117,8 @@ def config_label(row: dict) -> str:
 def write_summary(rows: list[dict], table: list[dict], out_dir: str | Path,
                   cell_px: dict[str, int] | None = None) -> list[Path]:
     """``trials.csv``, ``comparison.csv`` and ``comparison.png`` (accuracy, V-Acc and V-Red
-    per configuration and task, error bars = spread over seeds) under ``out_dir``; with more
+    per configuration and task, error bars = spread over seeds) under ``out_dir``; where the
+    trials' metrics have accuracy per grid size, ``by_size.csv`` and ``by_size.png``; with more
     than one tokens-per-image setting and the tasks' ``cell_px``, also ``compactness.png``
     (accuracy, V-Acc and training time against image tokens per grid cell)."""
     out = Path(out_dir)
@@ -120,7 +139,44 @@ def write_summary(rows: list[dict], table: list[dict], out_dir: str | Path,
         files.append(_plot(table, out / "comparison.png"))
         if cell_px and len({r["patch_px"] for r in table}) > 1:
             files.append(_plot_compactness(table, cell_px, out / "compactness.png"))
+    if by_size := aggregate_by_size(rows):
+        with (out / "by_size.csv").open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(by_size[0]))
+            w.writeheader()
+            w.writerows(by_size)
+        files += [out / "by_size.csv", plot_by_size(by_size, out / "by_size.png")]
     return files
+
+
+def plot_by_size(by_size: list[dict], path: Path, title: str = "") -> Path:
+    """Accuracy against grid size, one line per configuration, one panel per task (error
+    bars = spread over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in TASKS if any(r["task"] == t for r in by_size)]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        series: dict[str, list[dict]] = {}
+        for r in by_size:
+            if r["task"] == task:
+                series.setdefault(r.get("label") or config_label(r), []).append(r)
+        for label, rs in series.items():
+            rs = sorted(rs, key=lambda r: r["size"])
+            ax.errorbar([r["size"] for r in rs], [r["accuracy"] for r in rs], yerr=[r.get("accuracy_sd") or 0 for r in rs],
+                        marker="o", capsize=3, label=f"{label} ({rs[0]['seeds']} seed{'s' if rs[0]['seeds'] > 1 else ''})")
+        ax.set_xticks(sorted({r["size"] for r in by_size if r["task"] == task}))
+        ax.set_xlabel("grid size (cells a side)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{task}{': ' + title if title else ''}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def tokens_per_cell(cell_px: int, patch_px: int) -> float:

@@ -49,6 +49,26 @@ def test_compactness_plot_against_tokens_per_cell(tmp_path):
     assert tmp_path / "compactness.png" in files and (tmp_path / "compactness.png").stat().st_size > 1000
     one = write_summary(rows[:1], aggregate(rows[:1]), tmp_path / "one", {"frozenlake": 16})
     assert not any(f.name == "compactness.png" for f in one)  # one setting: nothing to compare
+    assert not any(f.name.startswith("by_size") for f in one)  # no per-size scores: no by-size plot
+
+
+def test_accuracy_by_grid_size_over_seeds(tmp_path):
+    from mvot.sweep import aggregate_by_size, write_summary
+
+    base = {"variant": "mvot", "ld_weight": 1.0, "ld_distance": "euclidean", "ld_reduction": "mean", "patch_px": 16,
+            "status": "ok"}
+    rows = [base | {"seed": s, "tasks": {"frozenlake": {"accuracy": 50.0, "accuracy_by_size": {"3": a3, "6": a6}}}}
+            for s, (a3, a6) in enumerate([(80.0, 40.0), (60.0, 40.0)])]
+    rows.append(base | {"seed": 2, "status": "failed", "tasks": {}})
+    rows.append(base | {"variant": "cot", "ld_weight": 0.0, "seed": 0,
+                        "tasks": {"frozenlake": {"accuracy": 30.0, "accuracy_by_size": {"3": 50.0}}}})
+    by = aggregate_by_size(rows)
+    assert [(r["variant"], r["size"], r["seeds"], r["accuracy"], r["accuracy_sd"]) for r in by] == [
+        ("cot", 3, 1, 50.0, 0.0), ("mvot", 3, 2, 70.0, 14.14), ("mvot", 6, 2, 40.0, 0.0)]
+    files = write_summary(rows, aggregate(rows), tmp_path)
+    assert tmp_path / "by_size.png" in files and (tmp_path / "by_size.png").stat().st_size > 1000
+    lines = (tmp_path / "by_size.csv").read_text().splitlines()
+    assert lines[0].endswith("task,size,seeds,accuracy,accuracy_sd") and len(lines) == 1 + 3
 
 @pytest.fixture()
 def sweep_root(tmp_path, tiny_tokens, tiny_generated, raw_params, monkeypatch):
@@ -88,12 +108,35 @@ def test_sweep_flow_parent_and_child_runs(prefect_harness, sweep_root):
     children = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 2 and all("test/maze/accuracy" in c.data.metrics for c in children)
     assert any(k.endswith("/accuracy") for k in parent.data.metrics)
-    assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")} >= {"sweep/comparison.csv", "sweep/comparison.png"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")} >= {
+        "sweep/comparison.csv", "sweep/comparison.png", "sweep/by_size.csv", "sweep/by_size.png"}
+    sizes = {int(line.split(",")[6]) for line in (summary / "by_size.csv").read_text().splitlines()[1:]}
+    assert sizes and sizes <= {3, 4, 5, 6, 7, 8, 9, 10}
+
+    # a trial finished before by-size scores existed: reuse fills them in from its metrics files
+    import json
+
+    old_row = next((sweep_root / "sweeps" / "t" / "trials").glob("*-s0")) / "row.json"
+    legacy = json.loads(old_row.read_text())
+    for m in legacy["tasks"].values():
+        m.pop("accuracy_by_size")
+    old_row.write_text(json.dumps(legacy))
 
     # widening the sweep by a seed reruns nothing that finished: only the new trial trains
     r2 = run_sweep(str(sweep_root / "params.yaml"), ["sweep.grid.ld_weight=[1.0]", "sweep.grid.seed=[0,1,2]"],
                    track=False)
     assert [row.get("reused", False) for row in r2["rows"]] == [True, True, False]
+    assert all("accuracy_by_size" in m for row in r2["rows"] for m in row["tasks"].values())
+
+    # scoring on more test instances reuses the trained models: only evaluation runs again
+    r3 = run_sweep(str(sweep_root / "params.yaml"),
+                   ["sweep.grid.ld_weight=[1.0]", "sweep.grid.seed=[0]", "evaluate.limit=3"], track=False)
+    (row,) = r3["rows"]
+    assert row["status"] == "ok" and row.get("rescored") and row["train_seconds"] == r2["rows"][0]["train_seconds"]
+    trial_dir = sweep_root / "sweeps" / "t" / "trials" / row["trial"]
+    assert json.loads((trial_dir / "metrics" / "maze" / "trial.json").read_text())["n"] == 3
+    assert yaml.safe_load((trial_dir / "params.yaml").read_text())["evaluate"]["limit"] == 3
+    assert (trial_dir / "log.txt").read_text().count(" train --run trial") == 1  # trained once, in r
     assert [row["status"] for row in r2["rows"]] == ["ok"] * 3
     assert all(row["seeds"] == 3 for row in r2["table"])
 
