@@ -132,6 +132,15 @@ def _same_trial(path: Path, trial: dict, ignore: tuple[str, ...] = ("sweep",)) -
     return {**a, **dict.fromkeys(ignore)} == {**b, **dict.fromkeys(ignore)}
 
 
+def _finished(d: Path, raw: dict, t: dict) -> bool:
+    """Whether trial directory ``d`` holds a finished trial ``t`` of the sweep params ``raw``
+    with the same params (reused as is)."""
+    try:
+        return (d / "row.json").is_file() and _same_trial(d / "params.yaml", trial_raw(raw, t))
+    except (MvotError, ValueError):  # invalid trial params: run_trial records the failure
+        return False
+
+
 def _task_scores(metrics_dir: Path) -> dict[str, dict]:
     """A trial's scores per evaluated task, from its ``metrics/<task>/trial.json``."""
     out = {}
@@ -157,7 +166,7 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
     done = d / "row.json"
     try:
         trial = trial_raw(raw, t)
-        if done.is_file() and _same_trial(d / "params.yaml", trial):
+        if _finished(d, raw, t):
             before = json.loads(done.read_text())  # finished before with the same params
             if any("accuracy_by_size" not in m for m in before.get("tasks", {}).values()):
                 before["tasks"] = _task_scores(d / "metrics") or before["tasks"]  # a row from before by-size scores
@@ -188,7 +197,8 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
                str(Path(root) / "data/raw"), "--out", str(d / "eval"), "--metrics", str(d / "metrics"),
                *([] if parent_run_id else ["--no-track"])], Path(root), d / "log.txt", env)
         row["tasks"] = _task_scores(d / "metrics")
-        row |= {"status": "ok", "train_seconds": summary.get("seconds"), "wall_seconds": round(time.perf_counter() - t0, 1)}
+        row |= {"status": "ok", "train_seconds": summary.get("seconds"), "wall_seconds": round(time.perf_counter() - t0, 1),
+                "threads": int(env.get("OMP_NUM_THREADS") or os.environ["OMP_NUM_THREADS"])}
         if rescore:
             params_file.replace(d / "params.yaml")
         tmp = done.with_suffix(".tmp")
@@ -219,6 +229,8 @@ def sweep_flow(params_path: str = "params.yaml", sets: list[str] | None = None, 
         # at most sweep.max_workers trials at once, whatever the runner: a sliding window, so
         # a reused trial frees its slot at once and a slow trial holds up no other
         n = params.sweep.max_workers
+        # the cores are split among the trials that will run, not those finished before
+        to_run = [t for t in grid if not _finished(Path(sweep_dir) / "trials" / trial_key(t), raw, t)]
         results: dict[int, dict] = {}
         inflight: dict = {}
         queue = list(enumerate(grid))
@@ -227,7 +239,7 @@ def sweep_flow(params_path: str = "params.yaml", sets: list[str] | None = None, 
                 i, t = queue.pop(0)
                 tokens, tokenizer = token_futures[t["patch_px"]].result()
                 inflight[run_trial.submit(trial_key(t), t, raw, tokens, tokenizer, root, sweep_dir, parent.run_id,
-                                          uri if track else None, min(n, len(grid)))] = i
+                                          uri if track else None, max(1, min(n, len(to_run))))] = i
             done = next(as_completed(list(inflight)))
             results[inflight.pop(done)] = done.result()
         rows = [results[i] for i in range(len(grid))]

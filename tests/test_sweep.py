@@ -126,6 +126,10 @@ def test_sweep_flow_parent_and_child_runs(prefect_harness, sweep_root):
     r2 = run_sweep(str(sweep_root / "params.yaml"), ["sweep.grid.ld_weight=[1.0]", "sweep.grid.seed=[0,1,2]"],
                    track=False)
     assert [row.get("reused", False) for row in r2["rows"]] == [True, True, False]
+    import os
+
+    if "OMP_NUM_THREADS" not in os.environ:  # the one trial that trains gets every core, not a third
+        assert r2["rows"][2]["threads"] == os.cpu_count()
     assert all("accuracy_by_size" in m for row in r2["rows"] for m in row["tasks"].values())
 
     # scoring on more test instances reuses the trained models: only evaluation runs again
