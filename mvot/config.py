@@ -186,13 +186,17 @@ class ModelConfig(_Section):
     lora_alpha: int = Field(default=16, ge=1, le=4096, description="LoRA alpha")
     grid_pos: int = Field(default=0, ge=0, le=256,
                           description="learned 2D (row, column) positions on image tokens, up to this many rows; 0 = none")
+    step_pos: int = Field(default=0, ge=0, le=256,
+                          description="learned step positions (k-th action of the question, k-th step of the response), "
+                                      "up to this many steps; 0 = none")
 
     @model_validator(mode="after")
     def _check_heads(self):
         if self.d_model % self.n_head:
             raise ValueError(f"d_model = {self.d_model} must be a multiple of n_head = {self.n_head}")
-        if self.grid_pos and self.pretrained:
-            raise ValueError("grid_pos applies to a model built from scratch; set it to 0 with a pretrained backbone")
+        for name in ("grid_pos", "step_pos"):
+            if getattr(self, name) and self.pretrained:
+                raise ValueError(f"{name} applies to a model built from scratch; set it to 0 with a pretrained backbone")
         return self
 
 
@@ -235,6 +239,8 @@ class TrainConfig(_Section):
     weight_decay: float = Field(ge=0.0, le=1.0)
     clip: float = Field(gt=0.0, le=1000.0, description="gradient-norm clip")
     label_smoothing: float = Field(ge=0.0, lt=1.0, description="cross-entropy label smoothing (paper: 0.1)")
+    text_weight: float = Field(default=1.0, gt=0.0, le=1000.0,
+                               description="weight of a text position against an image position in L_C (1 = plain average)")
     augment: bool = Field(description="swap the input image for a random encode->decode variant (tokenizer.augment_max_k)")
     checkpoint_every: int = Field(ge=1, le=10_000_000, description="steps between checkpoints")
     log_every: int = Field(ge=1, le=10_000_000, description="steps between logged metrics")

@@ -72,6 +72,8 @@ class _Row:
     segment: list[int] = field(default_factory=list)  # ids of the open text part
     segment_lp: list[float] = field(default_factory=list)
     codes: list[int] = field(default_factory=list)  # codes of the open image
+    steps: object = None  # a mvot.steps.StepCounter for models with step positions
+    step: int = 0  # step index of the last emitted token
 
 
 TEXT, CODE, EOI = 0, 1, 2
@@ -139,6 +141,12 @@ class Decoder:
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.max_len = int(getattr(model.config, "max_position_embeddings", 1 << 30))
         self.grid_pos = int(getattr(model.config, "grid_pos", 0) or 0)  # 2D image positions (mvot/model.py)
+        step_pos = int(getattr(model.config, "step_pos", 0) or 0)  # step positions (mvot/steps.py)
+        self.steps = None
+        if step_pos:
+            from mvot.steps import StepIndexer
+
+            self.steps = StepIndexer(text_tokenizer, vocab.n_text, step_pos)
         v = vocab
         neg = torch.full((3, v.size), float("-inf"))
         neg[TEXT, : v.n_text] = 0.0
@@ -199,13 +207,17 @@ class Decoder:
             ids[r, longest - len(p) :] = torch.from_numpy(p)
             mask[r, longest - len(p) :] = 1
         rows = []
+        step_ids = torch.zeros((n, longest), dtype=torch.long) if self.steps else None
         for r, (p, t) in enumerate(zip(prompts, tasks, strict=True)):
             room = self.max_len - len(p)
             rows.append(_Row(r, t, min(room, max_new_tokens) if max_new_tokens else room, Decoded()))
+            if self.steps:
+                step_ids[r, longest - len(p) :] = torch.from_numpy(self.steps.index(p, len(p)))
+                rows[-1].steps = self.steps.counter(p)
         ids, mask = ids.to(dev), mask.to(dev)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = _growing_cache()
-        logits = self._forward(ids, mask, pos, cache)
+        logits = self._forward(ids, mask, pos, cache, steps=None if step_ids is None else step_ids.to(dev))
         last_pos = pos[:, -1]
         live = list(range(n))  # row index of each batch slot
         while live:
@@ -240,11 +252,14 @@ class Decoder:
             mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=dev)], dim=1)
             last_pos = last_pos + 1
             grid = self._grid_index([rows[r] for r in live]) if self.grid_pos else None
-            logits = self._forward(nxt[:, None], mask, last_pos[:, None], cache, grid)
+            steps = torch.tensor([[rows[r].step] for r in live], device=dev) if self.steps else None
+            logits = self._forward(nxt[:, None], mask, last_pos[:, None], cache, grid, steps)
         return [r.out for r in rows]
 
-    def _forward(self, ids, mask, pos, cache, grid=None):
+    def _forward(self, ids, mask, pos, cache, grid=None, steps=None):
         extra = {} if grid is None else {"grid_index": grid}
+        if steps is not None:
+            extra["step_index"] = steps
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
                          logits_to_keep=1, **extra)
         return out.logits[:, -1, :]
@@ -272,6 +287,8 @@ class Decoder:
         """Record ``tok`` for ``row``; True when the row is finished."""
         v, out = self.vocab, row.out
         out.tokens.append(tok)
+        if row.steps is not None:
+            row.step = row.steps.push(tok)
         if row.image_left > 0:
             row.codes.append(tok - v.image_offset)
             row.image_left -= 1

@@ -8,6 +8,11 @@ Two builders, one result (a ``transformers`` causal LM whose vocabulary is ``voc
   learned 2D position (row and column embeddings) added to every image code token, so a
   cell can be found by where it is in the picture rather than by its 1D offset (ViT-style
   absolute 2D positions on top of the sequence's rotary positions).
+  With ``step_pos > 0`` every token also gets a learned *step* embedding: the index of the
+  question's action it belongs to, or of the response step it is in (``mvot/steps.py``),
+  so the k-th action is fetched by matching indices rather than by counting. The model
+  cannot read the index off token ids (it needs the text tokenizer), so ``forward`` takes
+  it as ``step_index``; the training loop and the decoder pass it.
 * :func:`from_pretrained`: a local checkpoint (``AutoModelForCausalLM.from_pretrained``),
   its embeddings resized to the unified vocabulary (new rows for ``<boi>``/``<eoi>`` and
   the image codes), trained fully or with LoRA through ``peft`` (the paper: r = 8,
@@ -51,24 +56,29 @@ def image_grid(input_ids: torch.Tensor, boi: int, eoi: int, limit: int) -> torch
 
 
 class MvotLlamaConfig(LlamaConfig):
-    """Llama config plus the 2D image positions (``grid_pos``: largest rows / columns; 0 = none)."""
+    """Llama config plus the 2D image positions (``grid_pos``: largest rows / columns; 0 = none)
+    and step positions (``step_pos``: largest step index; 0 = none)."""
 
     model_type = "mvot_llama"
 
-    def __init__(self, grid_pos: int = 0, boi_token_id: int | None = None, eoi_token_id: int | None = None, **kwargs):
+    def __init__(self, grid_pos: int = 0, boi_token_id: int | None = None, eoi_token_id: int | None = None,
+                 step_pos: int = 0, **kwargs):
         self.grid_pos = int(grid_pos)
+        self.step_pos = int(step_pos)
         self.boi_token_id = boi_token_id
         self.eoi_token_id = eoi_token_id
         super().__init__(**kwargs)
 
 
 class MvotLlamaForCausalLM(LlamaForCausalLM):
-    """Llama whose image code tokens also get a learned row and column embedding.
+    """Llama whose image code tokens also get a learned row and column embedding, and whose
+    tokens get a learned step embedding.
 
     ``forward`` takes an optional ``grid_index`` (B, L, 2) as :func:`image_grid` returns;
     without it the index is computed from ``input_ids``, which is right for whole sequences
     (training, a decoder's prompt). A KV-cached decoder feeding one token at a time passes
-    the new token's index itself (``mvot/generate.py``)."""
+    the new token's index itself (``mvot/generate.py``). With ``step_pos``, ``step_index``
+    (B, L) is required (:class:`mvot.steps.StepIndexer`)."""
 
     config_class = MvotLlamaConfig
 
@@ -78,14 +88,22 @@ class MvotLlamaForCausalLM(LlamaForCausalLM):
         # index 0 (not an image code) is the padding row: initialised to zero, never trained
         self.grid_row = torch.nn.Embedding(g + 1, config.hidden_size, padding_idx=0)
         self.grid_col = torch.nn.Embedding(g + 1, config.hidden_size, padding_idx=0)
+        if getattr(config, "step_pos", 0) > 0:
+            self.step_emb = torch.nn.Embedding(config.step_pos + 1, config.hidden_size, padding_idx=0)
         self.post_init()
 
-    def forward(self, input_ids=None, grid_index=None, inputs_embeds=None, **kwargs):
-        if self.config.grid_pos > 0 and input_ids is not None and inputs_embeds is None:
-            if grid_index is None:
-                grid_index = image_grid(input_ids, self.config.boi_token_id, self.config.eoi_token_id, self.config.grid_pos)
-            inputs_embeds = (self.get_input_embeddings()(input_ids) + self.grid_row(grid_index[..., 0])
-                             + self.grid_col(grid_index[..., 1]))
+    def forward(self, input_ids=None, grid_index=None, step_index=None, inputs_embeds=None, **kwargs):
+        steps = getattr(self.config, "step_pos", 0) > 0
+        if steps and step_index is None and inputs_embeds is None:
+            raise ModelError("this model has step positions (step_pos > 0): pass step_index (mvot.steps.StepIndexer)")
+        if (self.config.grid_pos > 0 or steps) and input_ids is not None and inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+            if self.config.grid_pos > 0:
+                if grid_index is None:
+                    grid_index = image_grid(input_ids, self.config.boi_token_id, self.config.eoi_token_id, self.config.grid_pos)
+                inputs_embeds = inputs_embeds + self.grid_row(grid_index[..., 0]) + self.grid_col(grid_index[..., 1])
+            if steps:
+                inputs_embeds = inputs_embeds + self.step_emb(step_index.clamp(0, self.config.step_pos))
             input_ids = None
         return super().forward(input_ids=input_ids, inputs_embeds=inputs_embeds, **kwargs)
 
@@ -95,10 +113,12 @@ AutoModelForCausalLM.register(MvotLlamaConfig, MvotLlamaForCausalLM, exist_ok=Tr
 
 
 def from_scratch(vocab: Vocab, d_model: int, n_layer: int, n_head: int, d_ff: int, max_len: int, seed: int = 0,
-                 grid_pos: int = 0):
-    """A randomly initialised Llama; with ``grid_pos > 0`` plus 2D image positions."""
-    kind, cls = (MvotLlamaConfig, MvotLlamaForCausalLM) if grid_pos > 0 else (LlamaConfig, LlamaForCausalLM)
-    extra = {"grid_pos": grid_pos, "boi_token_id": vocab.boi, "eoi_token_id": vocab.eoi} if grid_pos > 0 else {}
+                 grid_pos: int = 0, step_pos: int = 0):
+    """A randomly initialised Llama; with ``grid_pos > 0`` plus 2D image positions, with
+    ``step_pos > 0`` plus step positions."""
+    ours = grid_pos > 0 or step_pos > 0
+    kind, cls = (MvotLlamaConfig, MvotLlamaForCausalLM) if ours else (LlamaConfig, LlamaForCausalLM)
+    extra = {"grid_pos": grid_pos, "step_pos": step_pos, "boi_token_id": vocab.boi, "eoi_token_id": vocab.eoi} if ours else {}
     config = kind(
         vocab_size=vocab.size,
         hidden_size=d_model,

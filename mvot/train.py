@@ -56,13 +56,16 @@ class TokenData:
     seqs: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (tokens, supervised, image) per sequence
     initial: list[tuple[int, np.ndarray | None]]  # (position of the input image codes, (K+1, T) variants)
     tasks: list[str]
+    steps: list[np.ndarray] | None = None  # step index of every token (train.model.step_pos), else None
 
     @property
     def lengths(self) -> np.ndarray:
         return np.array([len(s[0]) for s in self.seqs], dtype=np.int64)
 
 
-def load_token_data(tokens_dir: str | Path, tasks, split: str, variant: str) -> TokenData:
+def load_token_data(tokens_dir: str | Path, tasks, split: str, variant: str, indexer=None) -> TokenData:
+    """The token arrays of ``tasks``; with a :class:`mvot.steps.StepIndexer`, also every
+    token's step index (computed once here, from the text)."""
     seqs, initial, names = [], [], []
     for task in tasks:
         ts = load_split(tokens_dir, task, split, variant)
@@ -74,7 +77,10 @@ def load_token_data(tokens_dir: str | Path, tasks, split: str, variant: str) -> 
             seqs.append((np.asarray(t, np.int64), np.asarray(s, bool), np.asarray(im, bool)))
             initial.append((int(pos[i]), codes[i]))
             names.append(task)
-    return TokenData(seqs, initial, names)
+    steps = None
+    if indexer is not None:
+        steps = [indexer.index(t, int(np.argmax(s))) for t, s, _ in seqs]
+    return TokenData(seqs, initial, names, steps)
 
 
 def make_batches(lengths: np.ndarray, batch_tokens: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -106,8 +112,11 @@ def collate(data: TokenData, idx: np.ndarray, vocab: Vocab, aug_rng: np.random.G
     tokens = np.full((n, longest), vocab.pad_id, dtype=np.int64)
     sup = np.zeros((n, longest), dtype=bool)
     img = np.zeros((n, longest), dtype=bool)
+    steps = np.zeros((n, longest), dtype=np.int64) if data.steps is not None else None
     for row, i in enumerate(idx):
         t, s, m = data.seqs[i]
+        if steps is not None:
+            steps[row, : len(t)] = data.steps[i]
         tokens[row, : len(t)] = t
         sup[row, : len(t)] = s
         img[row, : len(t)] = m
@@ -116,27 +125,40 @@ def collate(data: TokenData, idx: np.ndarray, vocab: Vocab, aug_rng: np.random.G
             k = int(aug_rng.integers(len(variants)))
             tokens[row, pos : pos + variants.shape[1]] = np.asarray(variants[k], np.int64) + vocab.image_offset
     x = torch.from_numpy(tokens)
-    return {
+    out = {
         "input_ids": x[:, :-1],
         "attention_mask": torch.from_numpy(tokens[:, :-1] != vocab.pad_id).long(),
         "targets": x[:, 1:],
         "supervised": torch.from_numpy(sup[:, 1:]),
         "image": torch.from_numpy(img[:, 1:]),
     }
+    if steps is not None:
+        out["step_index"] = torch.from_numpy(steps[:, :-1])
+    return out
+
+
+def model_inputs(batch: dict) -> dict:
+    """The forward arguments of a collated batch."""
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "step_index") if k in batch}
 
 
 # --------------------------------------------------------------------------------------
 # Losses
 
 
-def compute_losses(logits, batch, variant: str, ld_weight: float, distance, vocab: Vocab, label_smoothing: float, ld_reduction: str):
-    """Total loss and its logged terms (text CE, image CE, L_D)."""
+def compute_losses(logits, batch, variant: str, ld_weight: float, distance, vocab: Vocab, label_smoothing: float, ld_reduction: str,
+                   text_weight: float = 1.0):
+    """Total loss and its logged terms (text CE, image CE, L_D).
+
+    L_C is the cross-entropy averaged over the supervised positions, a text position
+    counting ``text_weight`` times (1 = the plain average; only the mvot variant has both
+    kinds, so only it is affected)."""
     targets, sup, img = batch["targets"], batch["supervised"], batch["image"]
     text_pos = sup & ~img
     image_pos = sup & img if variant == "mvot" else torch.zeros_like(sup)
     ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none", label_smoothing=label_smoothing)  # (B, T)
     n_text, n_img = int(text_pos.sum()), int(image_pos.sum())
-    loss_c = (ce * (text_pos | image_pos)).sum() / max(1, n_text + n_img)
+    loss_c = (text_weight * (ce * text_pos).sum() + (ce * image_pos).sum()) / max(1.0, text_weight * n_text + n_img)
     terms = {
         "loss/text_ce": float((ce.detach() * text_pos).sum() / max(1, n_text)),
         "loss/image_ce": float((ce.detach() * image_pos).sum() / max(1, n_img)) if n_img else 0.0,
@@ -191,7 +213,18 @@ def build_model(params: Params, vocab: Vocab):
     m = params.train.model
     if m.pretrained:
         return from_pretrained(m.pretrained, vocab, m.lora_r, m.lora_alpha)
-    return from_scratch(vocab, m.d_model, m.n_layer, m.n_head, m.d_ff, m.max_len, seed=params.seed, grid_pos=m.grid_pos)
+    return from_scratch(vocab, m.d_model, m.n_layer, m.n_head, m.d_ff, m.max_len, seed=params.seed, grid_pos=m.grid_pos,
+                        step_pos=m.step_pos)
+
+
+def step_indexer(tokenizer_dir: str | Path, vocab: Vocab, step_pos: int):
+    """The :class:`mvot.steps.StepIndexer` of a model with step positions, else None."""
+    if step_pos <= 0:
+        return None
+    from mvot.steps import StepIndexer
+    from mvot.tokenizers import load_text_tokenizer
+
+    return StepIndexer(load_text_tokenizer(tokenizer_dir), vocab.n_text, step_pos)
 
 
 def distributed() -> tuple[int, int, int]:
@@ -246,7 +279,8 @@ def train(
     out_dir, tokenizer_dir = Path(out_dir), Path(tokenizer_dir)
     vocab = Vocab.load(tokenizer_dir / "vocab.json")
     distance = vq.load_codebook(tokenizer_dir)[f"distance_{cfg.ld.distance}"]
-    data = load_token_data(tokens_dir, cfg.tasks, "train", spec.variant)
+    indexer = step_indexer(tokenizer_dir, vocab, cfg.model.step_pos)
+    data = load_token_data(tokens_dir, cfg.tasks, "train", spec.variant, indexer)
     if data.lengths.max() > cfg.model.max_len:
         raise TrainError(f"longest training sequence has {data.lengths.max()} tokens > train.model.max_len = {cfg.model.max_len}")
     if data.lengths.max() > cfg.batch_tokens:
@@ -312,9 +346,10 @@ def train(
             idx, rng = batch_at((step * cfg.grad_accum + micro) * world + rank)
             batch = {k: v.to(dev) for k, v in collate(data, idx, vocab, rng if cfg.augment else None).items()}
             with autocast:
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                logits = model(**model_inputs(batch)).logits
             loss, terms = compute_losses(
-                logits.float(), batch, spec.variant, spec.ld_weight, distance, vocab, cfg.label_smoothing, cfg.ld.reduction
+                logits.float(), batch, spec.variant, spec.ld_weight, distance, vocab, cfg.label_smoothing, cfg.ld.reduction,
+                cfg.text_weight,
             )
             (loss / cfg.grad_accum).backward()
             tokens_seen += int(batch["attention_mask"].sum())  # real (unpadded) tokens

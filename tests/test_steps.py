@@ -1,0 +1,171 @@
+"""Step positions (mvot/steps.py, train.model.step_pos): the index, its streaming form, the
+model's embedding, training and decoding with it."""
+
+import numpy as np
+import pytest
+import torch
+
+from mvot.data import read_split
+from mvot.evaluate import prompt_of
+from mvot.generate import Decoder
+from mvot.model import ModelError, from_scratch
+from mvot.steps import StepIndexer
+from mvot.tokenize import TraceEncoder, load_split
+from mvot.tokenizers import load_text_tokenizer
+from mvot.traces import build
+from mvot.vocab import Vocab
+from tests.conftest import TASKS
+
+
+def _indexer(tok_dir, limit=16):
+    vocab = Vocab.load(tok_dir / "vocab.json")
+    return vocab, StepIndexer(load_text_tokenizer(tok_dir), vocab.n_text, limit)
+
+
+def _words(ix, ids, index):
+    """(text of each token, its index) for the text tokens of a sequence."""
+    return [(ix.piece(int(t)), int(k)) for t, k in zip(ids, index, strict=True) if ix.piece(int(t))]
+
+
+def test_index_by_hand_on_a_minibehavior_trace(tiny_tokens, tiny_generated):
+    _, tok_dir, _ = tiny_tokens
+    vocab, ix = _indexer(tok_dir)
+    root, _ = tiny_generated
+    inst = next(i for i in read_split(root / "raw" / "minibehavior", "train") if 3 <= i.n_steps < len(i.actions))
+    enc = TraceEncoder(vocab, load_text_tokenizer(tok_dir))
+    codes = [np.zeros(vocab.tokens_per_image["minibehavior"], np.int64)] * len(inst.states)
+    seq = enc.encode(build(inst, "mvot"), "minibehavior", codes)
+    start = int(np.argmax(seq.supervised))
+    index = ix.index(seq.tokens, start)
+    # the prompt: only the action list is indexed, action k's text carries k
+    prompt = _words(ix, seq.tokens[:start], index[:start])
+    text = "".join(w for w, _ in prompt)
+    listed = text[text.index("Full Action Sequence:") + len("Full Action Sequence:") : text.index("\nInitial")]
+    per_action: dict[int, str] = {}
+    for w, k in prompt:
+        per_action[k] = per_action.get(k, "") + w
+    assert per_action[0].startswith("Task: Installing a Printer") and "Go up/left" in per_action[0]
+    from mvot.traces import action_text
+
+    for k, a in enumerate(inst.actions, 1):  # from the token completing its first word ("Go", "Pick", "Put") on
+        first, rest = action_text("minibehavior", a).split(" ", 1)
+        assert (first[-1] + " " + rest) in per_action[k], (k, per_action[k])
+    assert "".join(per_action[k] for k in range(1, len(inst.actions) + 1)).strip() == listed.strip()
+    # the response: step k's text and image carry k, the final line the last step's index
+    resp = index[start:]
+    toks = seq.tokens[start:]
+    image_steps = [int(k) for t, k in zip(toks, resp, strict=True) if t == vocab.boi]
+    assert image_steps == list(range(1, inst.n_steps + 1))
+    final = _words(ix, toks, resp)
+    tail = [k for w, k in final[-6:]]
+    assert set(tail) == {inst.n_steps} and "".join(w for w, _ in final).strip().endswith(f"The answer is {inst.answer}.")
+    assert ix.index(seq.tokens, start).max() == len(inst.actions)
+    assert StepIndexer(ix.text, vocab.n_text, 2).index(seq.tokens, start).max() == 2  # clamped
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_streaming_counter_equals_the_whole_sequence_index(tiny_tokens, task):
+    _, tok_dir, tokens_dir = tiny_tokens
+    _, ix = _indexer(tok_dir)
+    for variant in ("direct", "cot", "mvot"):
+        ts = load_split(tokens_dir, task, "train", variant)
+        for i in range(len(ts)):
+            t, s, _ = ts.sequence(i)
+            start = int(np.argmax(s))
+            full = ix.index(t, start)
+            c = ix.counter(t[:start])
+            assert [c.push(int(x)) for x in t[start:]] == full[start:].tolist()
+            assert (full[:start] > 0).any()  # the question's actions are indexed
+            if variant == "direct":
+                assert not full[start:].any()  # no steps written
+
+
+def test_step_model_needs_the_index_and_uses_it(tiny_tokens, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    _, tok_dir, tokens_dir = tiny_tokens
+    vocab, ix = _indexer(tok_dir, 16)
+    model = from_scratch(vocab, 32, 2, 2, 64, 1024, seed=3, step_pos=16).eval()
+    ts = load_split(tokens_dir, "frozenlake", "test", "mvot")
+    t, s, _ = ts.sequence(0)
+    ids = torch.from_numpy(np.asarray(t, np.int64))[None]
+    steps = torch.from_numpy(ix.index(t, int(np.argmax(s))))[None]
+    with pytest.raises(ModelError, match="step_index"):
+        model(input_ids=ids)
+    with torch.no_grad():
+        base = model(input_ids=ids, step_index=steps).logits
+        zero = model(input_ids=ids, step_index=torch.zeros_like(steps)).logits
+    first = int((steps[0] > 0).nonzero()[0])
+    assert torch.allclose(base[0, :first], zero[0, :first])  # index 0 adds nothing
+    assert not torch.allclose(base[0, first:], zero[0, first:])
+    model.save_pretrained(str(tmp_path))
+    again = AutoModelForCausalLM.from_pretrained(str(tmp_path), local_files_only=True).eval()
+    assert again.config.step_pos == 16
+    with torch.no_grad():
+        assert torch.allclose(again(input_ids=ids, step_index=steps).logits, base, atol=1e-5)
+
+
+def test_decoder_feeds_the_index_training_computes(tiny_tokens):
+    _, tok_dir, tokens_dir = tiny_tokens
+    vocab, ix = _indexer(tok_dir, 16)
+    model = from_scratch(vocab, 32, 2, 2, 64, 1024, seed=4, grid_pos=12, step_pos=16).eval()
+    text = load_text_tokenizer(tok_dir)
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, **kw):
+            seen.append(kw["step_index"].clone())
+            return self.inner(**kw)
+
+    # a model that writes the actions: bias towards text, so the index moves
+    ts = load_split(tokens_dir, "maze", "test", "cot")
+    prompts = [prompt_of(*ts.sequence(i)[:2]) for i in range(2)]
+    # force a known response: teacher-force the true trace and compare the fed indices
+    t, s, _ = ts.sequence(0)
+    start = int(np.argmax(s))
+    truth = np.asarray(t[start:], np.int64)
+
+    class Forced(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.config, self.k = Spy(model), model.config, 0
+
+        def forward(self, **kw):
+            out = self.inner(**kw)
+            logits = torch.full_like(out.logits, -1e9)
+            if self.k < len(truth):
+                logits[:, -1, int(truth[self.k])] = 0.0
+            self.k += 1
+            out.logits = logits
+            return out
+
+    out = Decoder(Forced(), vocab, text).decode(prompts[:1], ["maze"], draw=False, max_new_tokens=len(truth))[0]
+    assert out.tokens == truth.tolist()[: len(out.tokens)] and out.answer is not None
+    expect = ix.index(t, start)
+    assert torch.equal(seen[0][0], torch.from_numpy(expect[:start]))  # the prompt
+    fed = torch.cat([x[0] for x in seen[1:]]).tolist()  # one token at a time afterwards
+    assert fed == expect[start : start + len(fed)].tolist() and max(fed) > 1
+
+
+def test_training_with_step_positions_learns_the_embedding(tiny_tokens, raw_params, tmp_path):
+    from safetensors.torch import load_file
+
+    from mvot.generate import load_model
+    from tests.test_train import _params
+
+    _, tok_dir, tokens_dir = tiny_tokens
+    p = _params(raw_params, tasks=["frozenlake"], steps=4, lr=0.003,
+                model={"d_model": 64, "n_layer": 2, "n_head": 2, "d_ff": 128, "max_len": 2048, "step_pos": 8})
+    from mvot.train import train
+
+    train(p, "run", tokens_dir, tok_dir, tmp_path / "run", progress=False)
+    w = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))["step_emb.weight"]
+    assert w.shape[0] == 9 and w[1:].abs().sum() > 0 and w[0].abs().sum() == 0
+    lm = load_model(tmp_path / "run" / "model")
+    prompts = [prompt_of(*load_split(tokens_dir, "frozenlake", "test", "mvot").sequence(0)[:2])]
+    (out,) = lm.decoder().decode(prompts, ["frozenlake"], draw=True, max_new_tokens=60)
+    assert out.tokens
