@@ -210,8 +210,9 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
 
 
 @flow(name="sweep")
-def sweep_flow(params_path: str = "params.yaml", sets: list[str] | None = None, track: bool = True) -> dict:
-    raw, _ = resolve_params(params_path, None, sets or [])
+def sweep_flow(params_path: str = "params.yaml", sets: list[str] | None = None, track: bool = True,
+               profile: str | None = None) -> dict:
+    raw, _ = resolve_params(params_path, profile, sets or [])
     params = parse_params(raw)
     root = str(Path(params_path).resolve().parent)
     grid, skipped = trials(params)
@@ -265,10 +266,11 @@ def sweep_flow(params_path: str = "params.yaml", sets: list[str] | None = None, 
 
 
 def run_sweep(params_path: str = "params.yaml", sets: list[str] | None = None, dask: str | None = None,
-              track: bool = True) -> dict:
+              track: bool = True, profile: str | None = None) -> dict:
     """The sweep flow on a thread pool (``sweep.max_workers``) or, with ``dask`` ("local" or a
-    scheduler address), on a Dask cluster through prefect-dask."""
-    raw, _ = resolve_params(params_path, None, sets or [])
+    scheduler address), on a Dask cluster through prefect-dask. ``profile``: a YAML of
+    overrides (``profiles/<name>.yaml`` or a path) applied before ``sets``."""
+    raw, _ = resolve_params(params_path, profile, sets or [])
     n = parse_params(raw).sweep.max_workers
     if dask:
         from prefect_dask import DaskTaskRunner
@@ -277,19 +279,20 @@ def run_sweep(params_path: str = "params.yaml", sets: list[str] | None = None, d
                   if dask == "local" else DaskTaskRunner(address=dask))
     else:
         runner = ThreadPoolTaskRunner(max_workers=n)
-    return sweep_flow.with_options(task_runner=runner)(params_path, sets, track)
+    return sweep_flow.with_options(task_runner=runner)(params_path, sets, track, profile)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flows.sweep", description=__doc__.splitlines()[0])
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--profile", help="a YAML of params overrides (profiles/<name>.yaml or a path), e.g. a sweep's settings")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a params value for this sweep, e.g. sweep.grid.seed=[0,1]")
+                    help="override a params value for this sweep (after --profile), e.g. sweep.grid.seed=[0,1]")
     ap.add_argument("--dask", nargs="?", const="local", help="run trials on Dask: a local cluster, or a scheduler address")
     ap.add_argument("--no-track", action="store_true")
     args = ap.parse_args(argv)
     try:
-        r = run_sweep(args.params, args.sets, args.dask, not args.no_track)
+        r = run_sweep(args.params, args.sets, args.dask, not args.no_track, args.profile)
     except MvotError as exc:
         print(f"flows.sweep: error: {exc}", file=sys.stderr)
         return 1

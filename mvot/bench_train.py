@@ -55,6 +55,8 @@ from mvot.train import (
     compute_losses,
     load_token_data,
     make_batches,
+    model_inputs,
+    step_indexer,
 )
 from mvot.vocab import Vocab
 
@@ -118,7 +120,8 @@ class _Setup:
         tokenizer_dir = Path(tokenizer_dir)
         self.vocab = Vocab.load(tokenizer_dir / "vocab.json")
         self.distance = vq.load_codebook(tokenizer_dir)[f"distance_{cfg.ld.distance}"]
-        self.data = load_token_data(tokens_dir, cfg.tasks, "train", self.spec.variant)
+        self.data = load_token_data(tokens_dir, cfg.tasks, "train", self.spec.variant,
+                                    step_indexer(tokenizer_dir, self.vocab, cfg.model.step_pos))
         # the first n_batches micro-batches of train(): epoch by epoch, same draws
         self.batches: list[tuple[np.ndarray, int, int]] = []
         epoch = 0
@@ -144,10 +147,10 @@ class _Setup:
         return build_model(self.params, self.vocab)
 
     def loss(self, model, batch):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = model(**model_inputs(batch)).logits
         return compute_losses(
             logits.float(), batch, self.spec.variant, self.spec.ld_weight, self.distance, self.vocab,
-            self.cfg.label_smoothing, self.cfg.ld.reduction,
+            self.cfg.label_smoothing, self.cfg.ld.reduction, self.cfg.text_weight,
         )
 
     def flops(self, n_params: int, first: int, last: int) -> float:

@@ -279,7 +279,9 @@ def train(
     out_dir, tokenizer_dir = Path(out_dir), Path(tokenizer_dir)
     vocab = Vocab.load(tokenizer_dir / "vocab.json")
     distance = vq.load_codebook(tokenizer_dir)[f"distance_{cfg.ld.distance}"]
-    indexer = step_indexer(tokenizer_dir, vocab, cfg.model.step_pos)
+    model = build_model(params, vocab)
+    # step positions are the built model's: from params, or from a pretrained checkpoint's config
+    indexer = step_indexer(tokenizer_dir, vocab, int(getattr(model.config, "step_pos", 0) or 0))
     data = load_token_data(tokens_dir, cfg.tasks, "train", spec.variant, indexer)
     if data.lengths.max() > cfg.model.max_len:
         raise TrainError(f"longest training sequence has {data.lengths.max()} tokens > train.model.max_len = {cfg.model.max_len}")
@@ -287,7 +289,7 @@ def train(
         raise TrainError(f"train.batch_tokens = {cfg.batch_tokens} is below the longest sequence ({data.lengths.max()} tokens)")
     world, rank, local_rank = distributed()
     dev = device(local_rank)
-    model = build_model(params, vocab).to(dev)
+    model = model.to(dev)
     distance = distance.to(dev)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     core = model  # the unwrapped model: what checkpoints hold
