@@ -48,6 +48,7 @@ from mvot.sweep import (
     GRID_KEYS,
     SCORES,
     aggregate,
+    combine_trials,
     trial_key,
     trial_raw,
     trials,
@@ -245,23 +246,29 @@ def sweep_flow(params_path: str = "params.yaml", sets: list[str] | None = None, 
             results[inflight.pop(done)] = done.result()
         rows = [results[i] for i in range(len(grid))]
         table = aggregate(rows)
+        combined = combine_trials(rows, Path(sweep_dir) / "trials")
         files = write_summary(rows, table, Path(sweep_dir) / "summary",
-                              {t: params.render.task(t).cell_px for t in TASKS})
+                              {t: params.render.task(t).cell_px for t in TASKS}, combined)
         parent.log_artifacts(Path(sweep_dir) / "summary", "sweep")
         parent.log_metrics({f"{r['task']}/{'/'.join(str(r[k]) for k in CONFIG_KEYS)}/{s}": r[s]
-                            for r in table for s in ("accuracy", "v_acc", "v_red") if r.get(s) is not None})
+                            for r in table for s in ("accuracy", "v_acc", "v_red") if r.get(s) is not None}
+                           | {f"{r['task']}/{'/'.join(str(r[k]) for k in CONFIG_KEYS)}/+cot/{s}": r[s]
+                              for r in combined for s in ("upper_bound", "combined") if r.get(s) is not None})
     failed = [r for r in rows if r["status"] != "ok"]
     create_table_artifact(key="sweep-comparison", table=table or [{"note": "no trial finished"}],
                           description=f"Sweep {params.sweep.name}: mean and spread over seeds")
     cols = [*CONFIG_KEYS, "task", "seeds", "accuracy", "accuracy_sd", "v_acc", "v_acc_sd", "v_red", "v_red_sd", "train_seconds"]
     md = [f"# Sweep `{params.sweep.name}`: {len(rows) - len(failed)}/{len(rows)} trials finished", "",
           markdown_table(table, cols)]
+    if combined:
+        md += ["", "## MVoT + CoT: upper bound and combined predictor", "",
+               markdown_table(combined, [*CONFIG_KEYS, "task", "seeds", "upper_bound", "upper_bound_sd", "combined", "combined_sd"])]
     if failed:
         md += ["", "## Failed trials", "", *[f"- `{r['trial']}`: {r.get('error', '')[:300]}" for r in failed]]
     if skipped:
         md += ["", "## Left out", "", *[f"- {s}" for s in skipped]]
     create_markdown_artifact(key="sweep-summary", markdown="\n".join(md), description="Sweep results")
-    return {"rows": rows, "table": table, "skipped": skipped, "files": [str(f) for f in files],
+    return {"rows": rows, "table": table, "combined": combined, "skipped": skipped, "files": [str(f) for f in files],
             "parent_run_id": parent.run_id, "sweep_dir": sweep_dir}
 
 
@@ -298,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     cols = [*CONFIG_KEYS, "task", "seeds", "accuracy", "accuracy_sd", "v_acc", "v_acc_sd", "v_red", "v_red_sd", "train_seconds"]
     print(markdown_table(r["table"], cols))
+    if r["combined"]:
+        print("\nMVoT + CoT (same seed): upper bound and combined predictor")
+        print(markdown_table(r["combined"], [*CONFIG_KEYS, "task", "seeds", "upper_bound", "upper_bound_sd", "combined", "combined_sd"]))
     for row in r["rows"]:
         if row["status"] != "ok":
             print(f"failed: {row['trial']}: {row.get('error', '')[:300]}", file=sys.stderr)

@@ -107,6 +107,39 @@ def aggregate_by_size(rows: list[dict]) -> list[dict]:
     return out
 
 
+def combine_trials(rows: list[dict], trials_dir: str | Path) -> list[dict]:
+    """The MVoT+CoT upper bound and the combined predictor (``mvot.evaluate.combine``) of
+    every finished mvot trial with the cot trial of the same seed and tokens per image, per
+    task; then their mean and sample standard deviation over seeds per mvot configuration."""
+    from mvot.data import DataError
+    from mvot.evaluate import combine, read_records
+
+    ok = [r for r in rows if r.get("status") == "ok"]
+    cot = {(r["seed"], r["patch_px"]): r for r in ok if r["variant"] == "cot"}
+    groups: dict[tuple, list[dict]] = {}
+    for r in ok:
+        c = cot.get((r["seed"], r["patch_px"]))
+        if r["variant"] != "mvot" or c is None:
+            continue
+        for task in r.get("tasks") or {}:
+            if task not in (c.get("tasks") or {}):
+                continue
+            try:
+                a = read_records(Path(trials_dir) / r["trial"] / "eval" / "trial" / task / "predictions.jsonl")
+                b = read_records(Path(trials_dir) / c["trial"] / "eval" / "trial" / task / "predictions.jsonl")
+                res = combine(a, b)
+            except (DataError, ValueError):  # predictions missing, or scored on other instances
+                continue
+            groups.setdefault((*(r[k] for k in CONFIG_KEYS), task), []).append(res)
+    out = []
+    for key, rs in groups.items():
+        row = dict(zip([*CONFIG_KEYS, "task"], key, strict=True)) | {"with": "cot", "seeds": len(rs)}
+        for s in ("upper_bound", "combined", "agreement", "accuracy_a", "accuracy_b"):
+            row[s], row[f"{s}_sd"] = _mean_std([x[s] for x in rs])
+        out.append(row)
+    return out
+
+
 def config_label(row: dict) -> str:
     label = row["variant"]
     if row["variant"] == "mvot":
@@ -115,12 +148,13 @@ def config_label(row: dict) -> str:
 
 
 def write_summary(rows: list[dict], table: list[dict], out_dir: str | Path,
-                  cell_px: dict[str, int] | None = None) -> list[Path]:
+                  cell_px: dict[str, int] | None = None, combined: list[dict] | None = None) -> list[Path]:
     """``trials.csv``, ``comparison.csv`` and ``comparison.png`` (accuracy, V-Acc and V-Red
     per configuration and task, error bars = spread over seeds) under ``out_dir``; where the
     trials' metrics have accuracy per grid size, ``by_size.csv`` and ``by_size.png``; with more
     than one tokens-per-image setting and the tasks' ``cell_px``, also ``compactness.png``
-    (accuracy, V-Acc and training time against image tokens per grid cell)."""
+    (accuracy, V-Acc and training time against image tokens per grid cell); with
+    ``combined`` rows (:func:`combine_trials`), ``combined.csv``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "trials.csv").open("w", newline="") as fh:
@@ -135,6 +169,12 @@ def write_summary(rows: list[dict], table: list[dict], out_dir: str | Path,
         w.writeheader()
         w.writerows(table)
     files = [out / "trials.csv", out / "comparison.csv"]
+    if combined:  # MVoT+CoT upper bound and combined predictor (combine_trials)
+        with (out / "combined.csv").open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(combined[0]))
+            w.writeheader()
+            w.writerows(combined)
+        files.append(out / "combined.csv")
     if table:
         files.append(_plot(table, out / "comparison.png"))
         if cell_px and len({r["patch_px"] for r in table}) > 1:

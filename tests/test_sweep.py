@@ -37,6 +37,37 @@ def test_aggregate_mean_and_spread_over_seeds():
 
 
 
+def test_upper_bound_and_combined_predictor_pair_mvot_with_cot_of_the_same_seed(tmp_path):
+    from mvot.evaluate import Record, write_records
+    from mvot.sweep import combine_trials, trial_key, write_summary
+
+    base = {"ld_distance": "euclidean", "ld_reduction": "mean", "patch_px": 16, "status": "ok"}
+    golds = ["A", "B", "C", "A"]
+    preds = {  # per (variant, seed): predicted letter and its log-probability per instance
+        ("mvot", 0): [("A", -0.1), ("C", -0.1), ("C", -2.0), ("B", -0.5)],
+        ("cot", 0): [("B", -1.0), ("B", -2.0), ("A", -0.1), ("A", -0.2)],
+        ("mvot", 1): [("A", -0.1), ("B", -0.1), ("C", -0.1), ("A", -0.1)],
+        ("cot", 1): [("A", -0.1), ("B", -0.1), ("C", -0.1), (None, None)],
+    }
+    rows = []
+    for (variant, seed), ps in preds.items():
+        t = base | {"variant": variant, "ld_weight": 1.0 if variant == "mvot" else 0.0, "seed": seed}
+        t["trial"] = trial_key(t)
+        t["tasks"] = {"maze": {"accuracy": 0.0}}
+        recs = [Record(uid=f"u{i}", task="maze", size=3, n_steps=1, gold=g, pred=p, answer_logprob=lp)
+                for i, (g, (p, lp)) in enumerate(zip(golds, ps, strict=True))]
+        write_records(tmp_path / "trials" / t["trial"] / "eval" / "trial" / "maze" / "predictions.jsonl", recs)
+        rows.append(t)
+    rows.append(base | {"variant": "mvot", "ld_weight": 0.0, "seed": 0, "trial": "no-predictions", "tasks": {"maze": {}}})
+    (row,) = combine_trials(rows, tmp_path / "trials")
+    assert row["task"] == "maze" and row["ld_weight"] == 1.0 and row["seeds"] == 2
+    # seed 0: either is right on every instance (upper bound 4/4); the likelier answer is A, C, A, A -> 2/4
+    # seed 1: mvot alone is right everywhere (cot's missing answer loses): 4/4 both
+    assert row["upper_bound"] == 100.0 and row["combined"] == 75.0 and row["combined_sd"] == 35.36
+    files = write_summary(rows, aggregate(rows), tmp_path / "summary", combined=[row])
+    assert tmp_path / "summary" / "combined.csv" in files
+
+
 def test_compactness_plot_against_tokens_per_cell(tmp_path):
     from mvot.sweep import tokens_per_cell, write_summary
 
