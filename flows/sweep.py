@@ -198,7 +198,7 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
                str(Path(root) / "data/raw"), "--out", str(d / "eval"), "--metrics", str(d / "metrics"),
                *([] if parent_run_id else ["--no-track"])], Path(root), d / "log.txt", env)
         row["tasks"] = _task_scores(d / "metrics")
-        row |= {"status": "ok", "train_seconds": summary.get("seconds"), "wall_seconds": round(time.perf_counter() - t0, 1),
+        row |= {"status": "ok", "train_seconds": summary.get("seconds"), "parameters": summary.get("parameters", before.get("parameters")), "wall_seconds": round(time.perf_counter() - t0, 1),
                 "threads": int(env.get("OMP_NUM_THREADS") or os.environ["OMP_NUM_THREADS"])}
         if rescore:
             params_file.replace(d / "params.yaml")

@@ -60,6 +60,13 @@ def _tracked(args: argparse.Namespace, experiment: str, run_name: str, parent_ru
     return start_run(experiment, run_name, parent_run_id=parent_run_id)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from mvot.report import results_table
+
+    print(results_table(args.sweeps, args.patch_px))
+    return 0
+
+
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from mvot.tokenizers import run_stage
 
@@ -346,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="solve", help="where to write <uid>.strip.png and <uid>.thoughts.gif (default: solve)")
     s.set_defaults(fn=cmd_solve)
+
+    rp = sub.add_parser("report", help="the results table (markdown) of finished sweeps: every row of the paper per task")
+    rp.add_argument("sweeps", nargs="+", help="sweep directories, e.g. sweeps/table-frozenlake")
+    rp.add_argument("--patch-px", type=int, default=16, help="the tokens-per-image setting to tabulate (default: 16)")
+    rp.set_defaults(fn=cmd_report)
 
     b = sub.add_parser("bench", help="benchmarks that print figures")
     b.add_argument("what", choices=["generate", "parse", "train", "decode"],

@@ -269,3 +269,34 @@ def test_trials_racing_to_create_an_experiment_share_it(tmp_path):
 
     exp_id = _experiment_id(Racing, "shared", None, uri)
     assert exp_id == calls[1] == mlflow.get_experiment_by_name("shared").experiment_id
+
+
+def test_report_tabulates_the_paper_rows_with_seed_spread(raw_params, tmp_path):
+    from mvot.report import ReportError, results_table
+    from mvot.sweep import trial_key, write_summary
+
+    d = tmp_path / "table-maze"
+    base = {"ld_distance": "euclidean", "ld_reduction": "mean", "patch_px": 16, "status": "ok", "train_seconds": 100.0,
+            "parameters": 1_472_000}
+    rows = []
+    for variant, ld, accs in (("cot", 0.0, [40.0, 50.0]), ("mvot", 1.0, [90.0, 96.0])):
+        for seed, acc in enumerate(accs):
+            t = base | {"variant": variant, "ld_weight": ld, "seed": seed}
+            t["trial"] = trial_key(t)
+            t["tasks"] = {"maze": {"accuracy": acc, "v_acc": 99.0 if variant == "mvot" else None}}
+            (d / "trials" / t["trial"]).mkdir(parents=True)
+            (d / "trials" / t["trial"] / "params.yaml").write_text(yaml.safe_dump(raw_params))
+            (d / "trials" / t["trial"] / "row.json").write_text(__import__("json").dumps(t))
+            rows.append(t)
+    combined = [{"variant": "mvot", "ld_weight": 1.0, "ld_distance": "euclidean", "ld_reduction": "mean", "patch_px": 16,
+                 "task": "maze", "with": "cot", "seeds": 2, "upper_bound": 98.0, "upper_bound_sd": 1.0,
+                 "combined": 95.0, "combined_sd": 2.0}]
+    write_summary(rows, aggregate(rows), d / "summary", combined=combined)
+    md = results_table([d])
+    line = next(x for x in md.splitlines() if "| MVoT (L_D 1.0) |" in x)
+    assert "| maze | MVoT (L_D 1.0) | 2 | 93.0 ± 4.2 | 99.0 ± 0.0 |" in line and "92.95" in line  # the paper beside ours
+    assert "| maze | CoT | 2 | 45.0 ± 7.1 | - |" in md and "| maze | Direct | 0 | not run |" in md
+    assert "| maze | upper bound (MVoT + CoT) | 2 | 98.0 ± 1.0 |" in md and "combined predictor (MVoT + CoT) | 2 | 95.0 ± 2.0" in md
+    assert "1.47M parameters" in md and "tokens per image: frozenlake 36, maze 36, minibehavior 100" in md
+    with pytest.raises(ReportError, match="comparison.csv"):
+        results_table([tmp_path / "nothing"])
