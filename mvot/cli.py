@@ -61,9 +61,12 @@ def _tracked(args: argparse.Namespace, experiment: str, run_name: str, parent_ru
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from mvot.report import results_table
+    from mvot.report import by_size_tables, results_table
 
     print(results_table(args.sweeps, args.patch_px))
+    if args.plots:
+        for path in by_size_tables(args.sweeps, args.plots, args.patch_px):
+            print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -357,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="the results table (markdown) of finished sweeps: every row of the paper per task")
     rp.add_argument("sweeps", nargs="+", help="sweep directories, e.g. sweeps/table-frozenlake")
     rp.add_argument("--patch-px", type=int, default=16, help="the tokens-per-image setting to tabulate (default: 16)")
+    rp.add_argument("--plots", help="also write accuracy-by-grid-size CSVs here (DVC plots), e.g. plots")
     rp.set_defaults(fn=cmd_report)
 
     b = sub.add_parser("bench", help="benchmarks that print figures")

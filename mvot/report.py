@@ -6,7 +6,9 @@ each sweep's ``summary/comparison.csv`` (mean and sample standard deviation over
 ``mvot.sweep.aggregate``), ``summary/combined.csv`` (MVoT+CoT upper bound and combined
 predictor, ``mvot.sweep.combine_trials``) and the trials' ``row.json`` and ``params.yaml``
 (model size, tokens per image), and prints one markdown table. Nothing is typed by hand:
-the README's table is this command's output.
+the README's table is this command's output. With ``--plots DIR`` it also writes
+``DIR/table_by_size_<task>.csv`` (accuracy per grid size, one column per row of the
+paper, mean over seeds): the DVC plots of the table (``dvc plots show``).
 """
 
 from __future__ import annotations
@@ -111,3 +113,32 @@ def results_table(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
             size = f"{facts['parameters'] / 1e6:.2f}M parameters" if facts.get("parameters") else "parameters not recorded"
             notes.append(f"{d.name}: {size}, {facts['steps']:,} steps x {facts['batch_tokens']:,} tokens, tokens per image: {tpi}")
     return "\n".join(lines + [""] + [f"- {n}" for n in notes])
+
+
+def by_size_tables(sweep_dirs: list[str | Path], out_dir: str | Path, patch_px: int = 16) -> list[Path]:
+    """Accuracy by grid size per task, one column per row of the paper (mean over seeds),
+    from each sweep's ``summary/by_size.csv``; returns the files written."""
+    written = []
+    for d in map(Path, sweep_dirs):
+        rows = _read_csv(d / "summary" / "by_size.csv")
+        for task in TASKS:
+            mine = [r for r in rows if r["task"] == task and int(r["patch_px"]) == patch_px]
+            if not mine:
+                continue
+            table: dict[int, dict[str, str]] = {}
+            labels = []
+            for variant, ld, label, _ in ROWS:
+                for r in mine:
+                    if r["variant"] == variant and float(r["ld_weight"]) == ld:
+                        table.setdefault(int(r["size"]), {})[label] = r["accuracy"]
+                        if label not in labels:
+                            labels.append(label)
+            path = Path(out_dir) / f"table_by_size_{task}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["size", *labels])
+                for size in sorted(table):
+                    w.writerow([size, *(table[size].get(lb, "") for lb in labels)])
+            written.append(path)
+    return written

@@ -283,7 +283,8 @@ def test_report_tabulates_the_paper_rows_with_seed_spread(raw_params, tmp_path):
         for seed, acc in enumerate(accs):
             t = base | {"variant": variant, "ld_weight": ld, "seed": seed}
             t["trial"] = trial_key(t)
-            t["tasks"] = {"maze": {"accuracy": acc, "v_acc": 99.0 if variant == "mvot" else None}}
+            t["tasks"] = {"maze": {"accuracy": acc, "v_acc": 99.0 if variant == "mvot" else None,
+                                   "accuracy_by_size": {"3": acc + 2, "6": acc - 2}}}
             (d / "trials" / t["trial"]).mkdir(parents=True)
             (d / "trials" / t["trial"] / "params.yaml").write_text(yaml.safe_dump(raw_params))
             (d / "trials" / t["trial"] / "row.json").write_text(__import__("json").dumps(t))
@@ -300,3 +301,7 @@ def test_report_tabulates_the_paper_rows_with_seed_spread(raw_params, tmp_path):
     assert "1.47M parameters" in md and "tokens per image: frozenlake 36, maze 36, minibehavior 100" in md
     with pytest.raises(ReportError, match="comparison.csv"):
         results_table([tmp_path / "nothing"])
+    from mvot.report import by_size_tables
+
+    (csv_file,) = by_size_tables([d], tmp_path / "plots")
+    assert csv_file.read_text().splitlines() == ["size,CoT,MVoT (L_D 1.0)", "3,47.0,95.0", "6,43.0,91.0"]
