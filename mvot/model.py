@@ -156,7 +156,9 @@ def from_pretrained(path: str | Path, vocab: Vocab, lora_r: int = 0, lora_alpha:
             r=lora_r,
             lora_alpha=lora_alpha,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-            modules_to_save=["lm_head", "embed_tokens"],  # new image rows must be learnt
+            # new image rows must be learnt, and so must 2D / step positions of an mvot checkpoint
+            modules_to_save=["lm_head", "embed_tokens",
+                             *(name for name in ("grid_row", "grid_col", "step_emb") if hasattr(model, name))],
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, cfg)

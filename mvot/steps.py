@@ -18,7 +18,9 @@ cells. The prompt text stays the paper's; the index is read off the text itself:
 Both are causal: a token's index depends only on the text up to and including it, so a
 decoder can track it token by token (:class:`StepCounter`) and gets exactly what training
 saw (:meth:`StepIndexer.index` on the whole sequence; tested equal). Indices above the
-model's ``step_pos`` are clamped to it.
+model's ``step_pos`` are clamped to it. Causality has a price: the end of the word is not
+looked at, so a generated word that merely starts like an action word ("Goal") counts as
+a step too; no trace text has such a word, so only a model's own mistakes can hit it.
 """
 
 from __future__ import annotations

@@ -81,11 +81,11 @@ def test_boi_is_forbidden_without_drawing_or_room(tiny_tokens):
     assert all(not o.images for o in dec.decode(prompts, ["maze"] * 2, draw=True, max_new_tokens=t + 1))
 
 
-@pytest.mark.parametrize("grid_pos", [0, 12])
-def test_batched_decoding_equals_one_at_a_time(tiny_tokens, grid_pos):
+@pytest.mark.parametrize("grid_pos,step_pos", [(0, 0), (12, 0), (12, 16)])
+def test_batched_decoding_equals_one_at_a_time(tiny_tokens, grid_pos, step_pos):
     _, tok_dir, tokens_dir = tiny_tokens
     vocab = Vocab.load(tok_dir / "vocab.json")
-    model = from_scratch(vocab, 32, 2, 2, 64, 1024, seed=5, grid_pos=grid_pos)
+    model = from_scratch(vocab, 32, 2, 2, 64, 1024, seed=5, grid_pos=grid_pos, step_pos=step_pos)
     dec = Decoder(model, vocab, load_text_tokenizer(tok_dir))
     prompts = _prompts(tokens_dir, "frozenlake", 2) + _prompts(tokens_dir, "minibehavior", 2)
     tasks = ["frozenlake"] * 2 + ["minibehavior"] * 2

@@ -92,12 +92,17 @@ def test_step_model_needs_the_index_and_uses_it(tiny_tokens, tmp_path):
     steps = torch.from_numpy(ix.index(t, int(np.argmax(s))))[None]
     with pytest.raises(ModelError, match="step_index"):
         model(input_ids=ids)
+    import copy
+
+    blind = copy.deepcopy(model)  # the same weights with no step information at all
     with torch.no_grad():
+        blind.step_emb.weight.zero_()
         base = model(input_ids=ids, step_index=steps).logits
         zero = model(input_ids=ids, step_index=torch.zeros_like(steps)).logits
+        none = blind(input_ids=ids, step_index=steps).logits
+    assert torch.allclose(zero, none, atol=1e-6)  # index 0 adds nothing
     first = int((steps[0] > 0).nonzero()[0])
-    assert torch.allclose(base[0, :first], zero[0, :first])  # index 0 adds nothing
-    assert not torch.allclose(base[0, first:], zero[0, first:])
+    assert not torch.allclose(base[0, first:], zero[0, first:])  # the indices reach the logits
     model.save_pretrained(str(tmp_path))
     again = AutoModelForCausalLM.from_pretrained(str(tmp_path), local_files_only=True).eval()
     assert again.config.step_pos == 16
@@ -121,10 +126,9 @@ def test_decoder_feeds_the_index_training_computes(tiny_tokens):
             seen.append(kw["step_index"].clone())
             return self.inner(**kw)
 
-    # a model that writes the actions: bias towards text, so the index moves
-    ts = load_split(tokens_dir, "maze", "test", "cot")
-    prompts = [prompt_of(*ts.sequence(i)[:2]) for i in range(2)]
-    # force a known response: teacher-force the true trace and compare the fed indices
+    # force a known response (the true mvot trace, images included) and compare the fed indices
+    ts = load_split(tokens_dir, "maze", "test", "mvot")
+    prompts = [prompt_of(*ts.sequence(0)[:2])]
     t, s, _ = ts.sequence(0)
     start = int(np.argmax(s))
     truth = np.asarray(t[start:], np.int64)
@@ -143,8 +147,8 @@ def test_decoder_feeds_the_index_training_computes(tiny_tokens):
             out.logits = logits
             return out
 
-    out = Decoder(Forced(), vocab, text).decode(prompts[:1], ["maze"], draw=False, max_new_tokens=len(truth))[0]
-    assert out.tokens == truth.tolist()[: len(out.tokens)] and out.answer is not None
+    out = Decoder(Forced(), vocab, text).decode(prompts, ["maze"], draw=True, max_new_tokens=len(truth))[0]
+    assert out.tokens == truth.tolist()[: len(out.tokens)] and out.answer is not None and out.images
     expect = ix.index(t, start)
     assert torch.equal(seen[0][0], torch.from_numpy(expect[:start]))  # the prompt
     fed = torch.cat([x[0] for x in seen[1:]]).tolist()  # one token at a time afterwards
@@ -164,8 +168,25 @@ def test_training_with_step_positions_learns_the_embedding(tiny_tokens, raw_para
 
     train(p, "run", tokens_dir, tok_dir, tmp_path / "run", progress=False)
     w = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))["step_emb.weight"]
-    assert w.shape[0] == 9 and w[1:].abs().sum() > 0 and w[0].abs().sum() == 0
+    init = from_scratch(Vocab.load(tok_dir / "vocab.json"), 64, 2, 2, 128, 2048, seed=p.seed, step_pos=8).step_emb.weight
+    assert w.shape[0] == 9 and w[0].abs().sum() == 0  # the padding row stays zero
+    assert not torch.allclose(w[1:], init[1:])  # the indices were trained
     lm = load_model(tmp_path / "run" / "model")
     prompts = [prompt_of(*load_split(tokens_dir, "frozenlake", "test", "mvot").sequence(0)[:2])]
     (out,) = lm.decoder().decode(prompts, ["frozenlake"], draw=True, max_new_tokens=60)
     assert out.tokens
+
+
+def test_lora_on_a_step_checkpoint_trains_its_positions(tiny_tokens, tmp_path):
+    from mvot.model import from_pretrained
+
+    _, tok_dir, tokens_dir = tiny_tokens
+    vocab, ix = _indexer(tok_dir, 8)
+    from_scratch(vocab, 32, 1, 2, 64, 2048, seed=1, grid_pos=12, step_pos=8).save_pretrained(str(tmp_path))
+    lora = from_pretrained(tmp_path, vocab, lora_r=2, lora_alpha=4)
+    names = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert any("step_emb" in n for n in names) and any("grid_row" in n for n in names)
+    t, s, _ = load_split(tokens_dir, "maze", "test", "mvot").sequence(0)
+    ids = torch.from_numpy(np.asarray(t, np.int64))[None]
+    out = lora(input_ids=ids, step_index=torch.from_numpy(ix.index(t, int(np.argmax(s))))[None]).logits
+    assert out.shape == (1, len(t), vocab.size)
