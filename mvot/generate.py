@@ -31,15 +31,12 @@ import numpy as np
 import torch
 
 from mvot.errors import MvotError
-from mvot.traces import ANSWER_RE
+from mvot.traces import ANSWER_RE, DRAWING_VARIANTS
 from mvot.vocab import Vocab
 
 
 class DecodeError(MvotError, RuntimeError):
     """A model cannot be loaded or decoding cannot start; the message says why."""
-
-
-DRAWING_VARIANTS = ("interleaved", "mvot")
 
 
 @dataclass
@@ -212,8 +209,8 @@ class Decoder:
             room = self.max_len - len(p)
             rows.append(_Row(r, t, min(room, max_new_tokens) if max_new_tokens else room, Decoded()))
             if self.steps:
-                step_ids[r, longest - len(p) :] = torch.from_numpy(self.steps.index(p, len(p)))
-                rows[-1].steps = self.steps.counter(p)
+                step_ids[r, longest - len(p) :] = torch.from_numpy(self.steps.index(p, len(p), t, draw))
+                rows[-1].steps = self.steps.counter(p, t, draw)
         ids, mask = ids.to(dev), mask.to(dev)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = _growing_cache()

@@ -5,22 +5,27 @@ With only 1D positions that is a counting problem (the question's actions are a 
 apart, the response's steps a whole image apart), which small transformers learn slowly:
 issue 7's models wrote the whole action list right for only a third to a half of the
 instances. ``train.model.step_pos: N`` gives every token a learned *step* embedding
-(``mvot/model.py``) so the lookup becomes a content match, as ``grid_pos`` does for image
-cells. The prompt text stays the paper's; the index is read off the text itself:
+(``mvot/model.py``) so the lookup becomes a match of equal indices, as ``grid_pos`` does
+for image cells. The prompt text stays the paper's; the index is read off the sequence:
 
-* in the question, inside the action list (after ``Full Action Sequence:`` up to the end
-  of that line), a token belongs to action k once the first word of the k-th action
-  (``Go``, ``Pick``, ``Put``) is complete; every other prompt token has index 0;
-* in the response, a token's index is the number of actions written so far, counting the
-  action word that this token completes. Step k's text, its image and everything up to
-  the next action word share index k; the final line carries the last step's index.
+* **question**: inside the action list (after ``Full Action Sequence:`` up to the end of
+  that line) every token of the k-th action (``Go up.``, ``Pick up printer_0.``) has index
+  k; every other prompt token has 0;
+* **response**: from the prompt's last token on, a token's index is 1 + the number of
+  steps completed up to and including it. A step completes at its image's ``<eoi>`` for
+  the variants that draw (interleaved, mvot), and at the end of its last sentence for CoT
+  (the agent's coordinates, ``(2, 1).``; in MINIBEHAVIOR the inventory, ``Carrying
+  objects: None.``). So the token that predicts the first word of step k (the prompt's
+  last token for step 1, then the previous image's ``<eoi>`` or the previous step's final
+  period) carries k, and so does all of step k up to its end: choosing ``Go``, ``Pick``
+  or ``Put`` and the direction after it are both a lookup of question action k. The final
+  line carries n + 1 after n steps (the question has an action n + 1 exactly when actions
+  are listed past the end of the episode).
 
-Both are causal: a token's index depends only on the text up to and including it, so a
-decoder can track it token by token (:class:`StepCounter`) and gets exactly what training
-saw (:meth:`StepIndexer.index` on the whole sequence; tested equal). Indices above the
-model's ``step_pos`` are clamped to it. Causality has a price: the end of the word is not
-looked at, so a generated word that merely starts like an action word ("Goal") counts as
-a step too; no trace text has such a word, so only a model's own mistakes can hit it.
+The response index is causal: it depends only on the tokens up to and including this one,
+so a decoder tracks it token by token (:class:`StepCounter`) and gets exactly what
+training computed on whole sequences (:meth:`StepIndexer.index`; tested equal on every
+trace). Indices above the model's ``step_pos`` are clamped to it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,12 @@ from functools import cache
 import numpy as np
 
 LIST_MARK = "Full Action Sequence:"
+# the end of a CoT step: its last sentence (mvot/traces.py, cot_step)
+COT_STEP_END = {
+    "frozenlake": re.compile(r"\(\d+, \d+\)\."),
+    "maze": re.compile(r"\(\d+, \d+\)\."),
+    "minibehavior": re.compile(r"Carrying objects: [^.]*\."),
+}
 
 
 @cache
@@ -45,7 +56,14 @@ def action_words() -> tuple[str, ...]:
 
 @cache
 def word_re() -> re.Pattern:
+    """An action word at a word start."""
     return re.compile(r"(?<![A-Za-z0-9_])(?:" + "|".join(map(re.escape, action_words())) + ")")
+
+
+@cache
+def action_re() -> re.Pattern:
+    """A whole listed action: its first word up to its period."""
+    return re.compile(word_re().pattern + r"[^.\n]*\.")
 
 
 class StepIndexer:
@@ -54,6 +72,7 @@ class StepIndexer:
     def __init__(self, text_tokenizer, n_text: int, limit: int):
         self.text = text_tokenizer
         self.n_text = int(n_text)  # ids >= n_text are <boi>, <eoi> and image codes: no text
+        self.eoi = self.n_text + 1
         self.limit = int(limit)
         self._pieces: dict[int, str] = {}
 
@@ -65,8 +84,9 @@ class StepIndexer:
             self._pieces[token] = s
         return s
 
-    def index(self, ids, response_start: int) -> np.ndarray:
-        """int64 step index of every token of ``ids``; the response begins at ``response_start``."""
+    def index(self, ids, response_start: int, task: str, draws: bool) -> np.ndarray:
+        """int64 step index of every token of ``ids``, a trace of ``task`` whose response
+        begins at ``response_start``; ``draws``: a variant that draws (steps end at ``<eoi>``)."""
         ids = np.asarray(ids).tolist()
         pieces = [self.piece(t) for t in ids]
         lens = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
@@ -77,21 +97,30 @@ class StepIndexer:
         response_start = min(max(int(response_start), 0), len(ids))
         resp_char = int(starts[response_start]) if response_start < len(ids) else len(text)
         mark = text.find(LIST_MARK, 0, resp_char)
-        if mark >= 0:
+        if mark >= 0:  # the question's actions: a token belongs to the action its last character is in
             a = mark + len(LIST_MARK)
             b = text.find("\n", a, resp_char)
             b = resp_char if b < 0 else b
-            done = [m.end() for m in word_re().finditer(text, a, b)]
-            sel = np.flatnonzero((starts >= a) & (starts < b) & (lens > 0))
-            out[sel] = np.searchsorted(done, ends[sel], side="right")
-        done = [m.end() for m in word_re().finditer(text, resp_char)]
-        out[response_start:] = np.searchsorted(done, ends[response_start:], side="right")
+            spans = [(m.start(), m.end()) for m in action_re().finditer(text, a, b)]
+            last = ends - 1
+            for k, (s, e) in enumerate(spans, 1):
+                out[(last >= s) & (last < e) & (lens > 0)] = k
+        first = max(response_start - 1, 0)  # the prompt's last token predicts step 1
+        done = np.zeros(len(ids), dtype=np.int64)
+        if draws:
+            done[response_start:] = np.asarray(ids[response_start:], dtype=np.int64) == self.eoi
+        else:
+            w = word_re().search(text, resp_char)  # steps begin with the first action word
+            pattern = COT_STEP_END.get(task)
+            if w is not None and pattern is not None:
+                for m in pattern.finditer(text, w.start()):
+                    done[int(np.searchsorted(ends, m.end(), side="left"))] += 1
+        out[first:] = 1 + np.cumsum(done[first:])
         return np.minimum(out, self.limit)
 
-    def counter(self, prompt=()) -> StepCounter:
-        """A counter for the response that follows ``prompt`` (its last characters matter for
-        the word-boundary test only)."""
-        c = StepCounter(self)
+    def counter(self, prompt, task: str, draws: bool) -> StepCounter:
+        """A counter for the response of a trace of ``task`` that follows ``prompt``."""
+        c = StepCounter(self, task, draws)
         c._tail = "".join(self.piece(t) for t in np.asarray(prompt).tolist()[-8:])[-StepCounter._TAIL :]
         return c
 
@@ -99,19 +128,27 @@ class StepIndexer:
 class StepCounter:
     """The response's step index, token by token (what :meth:`StepIndexer.index` gives)."""
 
-    _TAIL = 16  # characters kept: more than the longest action word plus its left neighbour
+    _TAIL = 48  # characters kept: more than the longest step-end sentence
 
-    def __init__(self, indexer: StepIndexer):
+    def __init__(self, indexer: StepIndexer, task: str, draws: bool):
         self.indexer = indexer
-        self.count = 0
+        self.draws = bool(draws)
+        self.pattern = COT_STEP_END.get(task)
+        self.done = 0
+        self.started = False  # CoT: an action word was written
         self._tail = ""
 
     def push(self, token: int) -> int:
         """Index of ``token``, the next token of the response."""
-        s = self.indexer.piece(token)
-        if s:
+        if self.draws:
+            self.done += token == self.indexer.eoi
+        elif self.pattern is not None and (s := self.indexer.piece(token)):
             old = len(self._tail)
             text = self._tail + s
-            self.count += sum(1 for m in word_re().finditer(text, max(0, old - 8)) if m.end() > old)
+            if not self.started and (w := word_re().search(text, max(0, old - 8))):
+                self.started = True
+                text, old = text[w.start():], old - w.start()  # steps begin with the first action word
+            if self.started:
+                self.done += sum(1 for m in self.pattern.finditer(text) if m.end() > old)
             self._tail = text[-self._TAIL :]
-        return min(self.count, self.indexer.limit)
+        return min(1 + self.done, self.indexer.limit)

@@ -33,6 +33,7 @@ from mvot.worlds.base import MOVE_TEXT
 from mvot.worlds.minibehavior import ACTION_TEXT as MB_ACTION_TEXT
 
 VARIANTS: tuple[str, ...] = ("direct", "cot", "interleaved", "mvot")
+DRAWING_VARIANTS: tuple[str, ...] = ("interleaved", "mvot")  # the variants whose response has images
 ANSWER_RE = re.compile(r"The answer is (\w)\.")
 IMAGE = "<image>"  # placeholder for an image in the human-readable form of a trace
 

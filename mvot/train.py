@@ -79,7 +79,10 @@ def load_token_data(tokens_dir: str | Path, tasks, split: str, variant: str, ind
             names.append(task)
     steps = None
     if indexer is not None:
-        steps = [indexer.index(t, int(np.argmax(s))) for t, s, _ in seqs]
+        from mvot.traces import DRAWING_VARIANTS
+
+        draws = variant in DRAWING_VARIANTS
+        steps = [indexer.index(t, int(np.argmax(s)), task, draws) for (t, s, _), task in zip(seqs, names, strict=True)]
     return TokenData(seqs, initial, names, steps)
 
 

@@ -27,57 +27,82 @@ def _words(ix, ids, index):
     return [(ix.piece(int(t)), int(k)) for t, k in zip(ids, index, strict=True) if ix.piece(int(t))]
 
 
-def test_index_by_hand_on_a_minibehavior_trace(tiny_tokens, tiny_generated):
-    _, tok_dir, _ = tiny_tokens
-    vocab, ix = _indexer(tok_dir)
-    root, _ = tiny_generated
-    inst = next(i for i in read_split(root / "raw" / "minibehavior", "train") if 3 <= i.n_steps < len(i.actions))
+def _trace(tok_dir, root, variant):
+    """A MINIBEHAVIOR trace (tokens, response start, instance) with steps and extra actions."""
+    vocab = Vocab.load(tok_dir / "vocab.json")
+    inst = next(i for i in read_split(root / "raw" / "minibehavior", "train")
+                if 3 <= i.n_steps < len(i.actions) and {"pickup", "up"} <= set(i.actions[: i.n_steps]))
     enc = TraceEncoder(vocab, load_text_tokenizer(tok_dir))
     codes = [np.zeros(vocab.tokens_per_image["minibehavior"], np.int64)] * len(inst.states)
-    seq = enc.encode(build(inst, "mvot"), "minibehavior", codes)
-    start = int(np.argmax(seq.supervised))
-    index = ix.index(seq.tokens, start)
-    # the prompt: only the action list is indexed, action k's text carries k
-    prompt = _words(ix, seq.tokens[:start], index[:start])
-    text = "".join(w for w, _ in prompt)
-    listed = text[text.index("Full Action Sequence:") + len("Full Action Sequence:") : text.index("\nInitial")]
+    seq = enc.encode(build(inst, variant), "minibehavior", codes)
+    return seq.tokens, int(np.argmax(seq.supervised)), inst
+
+
+def test_index_by_hand_on_a_minibehavior_trace(tiny_tokens, tiny_generated):
+    from mvot.traces import action_text
+
+    _, tok_dir, _ = tiny_tokens
+    vocab, ix = _indexer(tok_dir)
+    tokens, start, inst = _trace(tok_dir, tiny_generated[0], "mvot")
+    index = ix.index(tokens, start, "minibehavior", draws=True)
+    # the question: only the action list is indexed; all of action k's text carries k
+    prompt = _words(ix, tokens[:start], index[:start])
     per_action: dict[int, str] = {}
     for w, k in prompt:
         per_action[k] = per_action.get(k, "") + w
     assert per_action[0].startswith("Task: Installing a Printer") and "Go up/left" in per_action[0]
-    from mvot.traces import action_text
+    assert [per_action[k].strip() for k in range(1, len(inst.actions) + 1)] == [action_text("minibehavior", a) for a in inst.actions]
+    assert index[start - 1] == 1  # the prompt's last token predicts step 1's first word
+    # the response: step k (its text, <boi>, codes) carries k; its <eoi> predicts step k + 1, so carries k + 1
+    toks, resp = tokens[start:], index[start:]
+    assert [int(k) for t, k in zip(toks, resp, strict=True) if t == vocab.boi] == list(range(1, inst.n_steps + 1))
+    assert [int(k) for t, k in zip(toks, resp, strict=True) if t == vocab.eoi] == list(range(2, inst.n_steps + 2))
+    steps = "".join(w for w, _ in _words(ix, toks, resp))
+    assert steps.startswith(action_text("minibehavior", inst.actions[0]))
+    texts: dict[int, str] = {}
+    for w, k in _words(ix, toks, resp):
+        texts[k] = texts.get(k, "") + w
+    for k in range(1, inst.n_steps + 1):
+        assert texts[k].strip().startswith(action_text("minibehavior", inst.actions[k - 1])), (k, texts[k])
+    assert texts[inst.n_steps + 1].strip() == f"Action sequence finished. The answer is {inst.answer}."
+    assert StepIndexer(ix.text, vocab.n_text, 2).index(tokens, start, "minibehavior", True).max() == 2  # clamped
 
-    for k, a in enumerate(inst.actions, 1):  # from the token completing its first word ("Go", "Pick", "Put") on
-        first, rest = action_text("minibehavior", a).split(" ", 1)
-        assert (first[-1] + " " + rest) in per_action[k], (k, per_action[k])
-    assert "".join(per_action[k] for k in range(1, len(inst.actions) + 1)).strip() == listed.strip()
-    # the response: step k's text and image carry k, the final line the last step's index
-    resp = index[start:]
-    toks = seq.tokens[start:]
-    image_steps = [int(k) for t, k in zip(toks, resp, strict=True) if t == vocab.boi]
-    assert image_steps == list(range(1, inst.n_steps + 1))
-    final = _words(ix, toks, resp)
-    tail = [k for w, k in final[-6:]]
-    assert set(tail) == {inst.n_steps} and "".join(w for w, _ in final).strip().endswith(f"The answer is {inst.answer}.")
-    assert ix.index(seq.tokens, start).max() == len(inst.actions)
-    assert StepIndexer(ix.text, vocab.n_text, 2).index(seq.tokens, start).max() == 2  # clamped
+
+def test_cot_steps_end_with_their_last_sentence(tiny_tokens, tiny_generated):
+    from mvot.traces import cot_step
+
+    _, tok_dir, _ = tiny_tokens
+    _, ix = _indexer(tok_dir)
+    tokens, start, inst = _trace(tok_dir, tiny_generated[0], "cot")
+    index = ix.index(tokens, start, "minibehavior", draws=False)
+    texts: dict[int, str] = {}
+    for w, k in _words(ix, tokens[start:], index[start:]):
+        texts[k] = texts.get(k, "") + w
+    # step k's text is cot_step(k) up to its final period; that period already predicts step k + 1
+    for k in range(1, inst.n_steps + 1):
+        want = cot_step(inst, k)
+        assert texts[k].removeprefix(".").strip() == want[:-1] and texts[k + 1].startswith("."), (k, texts[k], want)
+    # direct: no steps are written, the whole response is step 1
+    tokens, start, _ = _trace(tok_dir, tiny_generated[0], "direct")
+    assert set(ix.index(tokens, start, "minibehavior", draws=False)[start - 1 :].tolist()) == {1}
 
 
 @pytest.mark.parametrize("task", TASKS)
 def test_streaming_counter_equals_the_whole_sequence_index(tiny_tokens, task):
     _, tok_dir, tokens_dir = tiny_tokens
     _, ix = _indexer(tok_dir)
-    for variant in ("direct", "cot", "mvot"):
+    for variant in ("direct", "cot", "interleaved", "mvot"):
+        draws = variant in ("interleaved", "mvot")
         ts = load_split(tokens_dir, task, "train", variant)
         for i in range(len(ts)):
             t, s, _ = ts.sequence(i)
             start = int(np.argmax(s))
-            full = ix.index(t, start)
-            c = ix.counter(t[:start])
+            full = ix.index(t, start, task, draws)
+            c = ix.counter(t[:start], task, draws)
             assert [c.push(int(x)) for x in t[start:]] == full[start:].tolist()
-            assert (full[:start] > 0).any()  # the question's actions are indexed
-            if variant == "direct":
-                assert not full[start:].any()  # no steps written
+            assert (full[: start - 1] > 0).any() and full[start - 1] == 1  # the question's actions; step 1
+            if variant != "direct":
+                assert full[-1] > 1  # steps were counted
 
 
 def test_step_model_needs_the_index_and_uses_it(tiny_tokens, tmp_path):
@@ -89,7 +114,7 @@ def test_step_model_needs_the_index_and_uses_it(tiny_tokens, tmp_path):
     ts = load_split(tokens_dir, "frozenlake", "test", "mvot")
     t, s, _ = ts.sequence(0)
     ids = torch.from_numpy(np.asarray(t, np.int64))[None]
-    steps = torch.from_numpy(ix.index(t, int(np.argmax(s))))[None]
+    steps = torch.from_numpy(ix.index(t, int(np.argmax(s)), "frozenlake", True))[None]
     with pytest.raises(ModelError, match="step_index"):
         model(input_ids=ids)
     import copy
@@ -149,7 +174,7 @@ def test_decoder_feeds_the_index_training_computes(tiny_tokens):
 
     out = Decoder(Forced(), vocab, text).decode(prompts, ["maze"], draw=True, max_new_tokens=len(truth))[0]
     assert out.tokens == truth.tolist()[: len(out.tokens)] and out.answer is not None and out.images
-    expect = ix.index(t, start)
+    expect = ix.index(t, start, "maze", True)
     assert torch.equal(seen[0][0], torch.from_numpy(expect[:start]))  # the prompt
     fed = torch.cat([x[0] for x in seen[1:]]).tolist()  # one token at a time afterwards
     assert fed == expect[start : start + len(fed)].tolist() and max(fed) > 1
@@ -188,5 +213,5 @@ def test_lora_on_a_step_checkpoint_trains_its_positions(tiny_tokens, tmp_path):
     assert any("step_emb" in n for n in names) and any("grid_row" in n for n in names)
     t, s, _ = load_split(tokens_dir, "maze", "test", "mvot").sequence(0)
     ids = torch.from_numpy(np.asarray(t, np.int64))[None]
-    out = lora(input_ids=ids, step_index=torch.from_numpy(ix.index(t, int(np.argmax(s))))[None]).logits
+    out = lora(input_ids=ids, step_index=torch.from_numpy(ix.index(t, int(np.argmax(s)), "maze", True))[None]).logits
     assert out.shape == (1, len(t), vocab.size)
