@@ -8,13 +8,20 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: run smoke setup test lint bench clean
+.PHONY: run smoke table setup test lint bench clean
 
 run: setup
 	$(PY) -m flows.pipeline
 
 smoke: setup
 	$(PY) -m flows.pipeline --profile smoke
+
+# issue 7's results table: every row of the paper per task (profiles/table-<task>.yaml; about
+# 50 min a trial on this 2-core machine, two at a time), then the table and its by-size plots
+table: setup
+	dvc repro tokenize
+	for t in frozenlake maze minibehavior; do $(PY) -m flows.sweep --profile table-$$t || exit 1; done
+	mvot report sweeps/table-frozenlake sweeps/table-maze sweeps/table-minibehavior --plots plots
 
 setup: $(VENV)/.installed
 

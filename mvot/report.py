@@ -2,11 +2,13 @@
 spread over seeds and the paper's numbers beside ours.
 
 ``mvot report sweeps/table-frozenlake sweeps/table-maze sweeps/table-minibehavior`` reads
-each sweep's ``summary/comparison.csv`` (mean and sample standard deviation over seeds,
-``mvot.sweep.aggregate``), ``summary/combined.csv`` (MVoT+CoT upper bound and combined
-predictor, ``mvot.sweep.combine_trials``) and the trials' ``row.json`` and ``params.yaml``
-(model size, tokens per image), and prints one markdown table. Nothing is typed by hand:
-the README's table is this command's output. With ``--plots DIR`` it also writes
+each sweep's finished trials (``trials/*/row.json`` and ``params.yaml``), aggregates them
+(mean and sample standard deviation over seeds, ``mvot.sweep.aggregate``), pairs MVoT with
+CoT trials for the upper bound and the combined predictor (``mvot.sweep.combine_trials``)
+and prints one markdown table, with model size, tokens per image and steps per sweep.
+Reading trials rather than a sweep's summary lets one table merge sweeps that ran
+different rows (a row that several sweeps ran is listed once per sweep). Nothing is typed
+by hand: the README's table is this command's output. With ``--plots DIR`` it also writes
 ``DIR/table_by_size_<task>.csv`` (accuracy per grid size, one column per row of the
 paper, mean over seeds): the DVC plots of the table (``dvc plots show``).
 """
@@ -58,87 +60,147 @@ def _cell(row: dict, key: str, digits: int = 1) -> str:
     return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if seeds > 1 and sd is not None else "")
 
 
-def _sweep_facts(sweep_dir: Path) -> dict:
-    """Model size, tokens per image and train steps, from the sweep's finished trials."""
-    facts: dict = {}
+def load_trials(sweep_dir: Path) -> list[dict]:
+    """The finished trials of one sweep (``trials/*/row.json`` with status ok), each with its
+    directory (``_dir``) and typed params (``_params``)."""
+    out = []
     for row_file in sorted((sweep_dir / "trials").glob("*/row.json")):
-        row = json.loads(row_file.read_text())
+        try:
+            row = json.loads(row_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise ReportError(f"{row_file}: not valid JSON ({exc}); rerun the sweep to rewrite it") from None
         if row.get("status") != "ok":
             continue
-        params = parse_params(yaml.safe_load((row_file.parent / "params.yaml").read_text()), str(row_file.parent / "params.yaml"))
+        params_file = row_file.parent / "params.yaml"
+        row["_dir"] = str(row_file.parent)
+        row["_params"] = parse_params(yaml.safe_load(params_file.read_text()), str(params_file))
+        out.append(row)
+    return out
+
+
+def _sweep_facts(trials: list[dict]) -> dict:
+    """Model size, tokens per image, train steps and initialisation, from a sweep's finished trials."""
+    facts: dict = {}
+    for row in trials:
+        params = row["_params"]
         facts.setdefault("parameters", row.get("parameters"))
         facts.setdefault("steps", params.train.steps)
         facts.setdefault("batch_tokens", params.train.batch_tokens)
         facts.setdefault("tokens_per_image", {t: params.tokens_per_image(t) for t in params.train.tasks})
+        if params.train.model.pretrained:
+            facts.setdefault("pretrained", {})[row["trial"]] = params.train.model.pretrained
     return facts
 
 
-def results_table(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
-    """One markdown table over the tasks of ``sweep_dirs`` (each a finished sweep)."""
-    lines = ["| task | row | seeds | accuracy | V-Acc | V-Red | V-Steps | V-Ratio | A-Exact | train s | paper accuracy |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    notes = []
+def _sweeps(sweep_dirs: list[str | Path]) -> list[tuple[Path, list[dict]]]:
+    out = []
     for d in map(Path, sweep_dirs):
-        comparison = _read_csv(d / "summary" / "comparison.csv")
-        if not comparison:
-            raise ReportError(f"{d}/summary/comparison.csv: missing or empty; run the sweep (python -m flows.sweep ...) first")
-        combined = _read_csv(d / "summary" / "combined.csv")
-        facts = _sweep_facts(d)
+        trials = load_trials(d)
+        if not trials:
+            raise ReportError(f"{d}: no finished trial (trials/*/row.json with status ok); run the sweep "
+                              "(python -m flows.sweep ...) first")
+        out.append((d, trials))
+    return out
+
+
+def _cot_partners(sweeps: list[tuple[Path, list[dict]]]) -> list[dict]:
+    """CoT trials to pair with MVoT trials of any sweep: per (seed, tokens per image, tasks) the
+    one of the first sweep given that has it."""
+    seen: dict[tuple, dict] = {}
+    for _, trials in sweeps:
+        for t in trials:
+            if t["variant"] == "cot":
+                seen.setdefault((t["seed"], t["patch_px"], tuple(sorted(t.get("tasks") or {}))), t)
+    return list(seen.values())
+
+
+def results_table(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
+    """One markdown table over the tasks of ``sweep_dirs`` (finished sweeps), read from
+    their trials. A row of the paper that several sweeps ran is listed once per sweep
+    (column "sweep"); the upper bound and combined predictor pair each sweep's MVoT trials
+    with the CoT trial of the same seed, from the same sweep or, failing that, from the
+    first sweep given that has one."""
+    from mvot.sweep import aggregate, combine_trials
+
+    sweeps = _sweeps(sweep_dirs)
+    partners = _cot_partners(sweeps)
+    lines = ["| task | row | sweep | seeds | accuracy | V-Acc | V-Red | V-Steps | V-Ratio | A-Exact | train s | paper accuracy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    per_task: dict[str, list[str]] = {}
+    ran: dict[str, set] = {}
+    notes = []
+    for d, trials in sweeps:
+        table = [r for r in aggregate(trials) if int(r["patch_px"]) == patch_px]
+        own_cot = {(t["seed"], t["patch_px"]) for t in trials if t["variant"] == "cot"}
+        pairs = trials + [c for c in partners if (c["seed"], c["patch_px"]) not in own_cot]
+        combined = [c for c in combine_trials([t for t in pairs if t["variant"] in ("cot", "mvot")
+                                               and (t["variant"] == "cot" or t in trials)], None)
+                    if int(c["patch_px"]) == patch_px]
         for task in TASKS:
-            rows = [r for r in comparison if r["task"] == task and int(r["patch_px"]) == patch_px]
+            rows = [r for r in table if r["task"] == task]
             if not rows:
                 continue
+            out = per_task.setdefault(task, [])
             for variant, ld, label, key in ROWS:
                 r = next((r for r in rows if r["variant"] == variant and float(r["ld_weight"]) == ld), None)
                 if r is None:
-                    lines.append(f"| {task} | {label} | 0 | not run | | | | | | | {PAPER_ACCURACY.get((task, key), '')} |")
                     continue
+                ran.setdefault(task, set()).add(label)
                 paper = PAPER_ACCURACY.get((task, key), "")
                 if (task, key) in PAPER_VISUAL:
                     paper = f"{paper}; {PAPER_VISUAL[(task, key)]}".strip("; ")
                 train = _num(r.get("train_seconds"))
                 scores = " | ".join(_cell(r, s, 2 if s == "v_steps" else 1) for s in SCORES)
-                lines.append(f"| {task} | {label} | {int(float(r['seeds']))} | {scores} | "
-                             f"{f'{train:,.0f}' if train else '-'} | {paper} |")
+                out.append(f"| {task} | {label} | {d.name} | {int(float(r['seeds']))} | {scores} | "
+                           f"{f'{train:,.0f}' if train else '-'} | {paper} |")
             for c in combined:
-                if c["task"] != task or int(c["patch_px"]) != patch_px:
+                if c["task"] != task:
                     continue
                 which = "MVoT" if float(c["ld_weight"]) > 0 else "MVoT without L_D"
                 seeds = int(float(c["seeds"]))
-                lines.append(f"| {task} | upper bound ({which} + CoT) | {seeds} | {_cell(c, 'upper_bound')} | | | | | | | "
-                             f"{PAPER_ACCURACY.get((task, 'upper'), '') if which == 'MVoT' else ''} |")
-                lines.append(f"| {task} | combined predictor ({which} + CoT) | {seeds} | {_cell(c, 'combined')} | | | | | | | |")
-        if facts:
-            tpi = ", ".join(f"{t} {n}" for t, n in facts["tokens_per_image"].items())
-            size = f"{facts['parameters'] / 1e6:.2f}M parameters" if facts.get("parameters") else "parameters not recorded"
-            notes.append(f"{d.name}: {size}, {facts['steps']:,} steps x {facts['batch_tokens']:,} tokens, tokens per image: {tpi}")
+                out.append(f"| {task} | upper bound ({which} + CoT) | {d.name} | {seeds} | {_cell(c, 'upper_bound')} | | | | | | | "
+                           f"{PAPER_ACCURACY.get((task, 'upper'), '') if which == 'MVoT' else ''} |")
+                out.append(f"| {task} | combined predictor ({which} + CoT) | {d.name} | {seeds} | {_cell(c, 'combined')} | | | | | | | |")
+        facts = _sweep_facts(trials)
+        tpi = ", ".join(f"{t} {n}" for t, n in facts["tokens_per_image"].items())
+        size = f"{facts['parameters'] / 1e6:.2f}M parameters" if facts.get("parameters") else "parameters not recorded"
+        note = f"{d.name}: {size}, {facts['steps']:,} steps x {facts['batch_tokens']:,} tokens, tokens per image: {tpi}"
+        if facts.get("pretrained"):
+            note += "; initialised from " + ", ".join(f"{p} ({t})" for t, p in facts["pretrained"].items())
+        notes.append(note)
+    for task in TASKS:
+        if task not in per_task:
+            continue
+        lines += per_task[task]
+        lines += [f"| {task} | {label} | | 0 | not run | | | | | | | {PAPER_ACCURACY.get((task, key), '')} |"
+                  for _, _, label, key in ROWS if label not in ran.get(task, set())]
     return "\n".join(lines + [""] + [f"- {n}" for n in notes])
 
 
 def by_size_tables(sweep_dirs: list[str | Path], out_dir: str | Path, patch_px: int = 16) -> list[Path]:
-    """Accuracy by grid size per task, one column per row of the paper (mean over seeds),
-    from each sweep's ``summary/by_size.csv``; returns the files written."""
-    written = []
-    for d in map(Path, sweep_dirs):
-        rows = _read_csv(d / "summary" / "by_size.csv")
+    """Accuracy by grid size per task, one column per row of the paper (mean over seeds;
+    ``label [sweep]`` where a second sweep ran the same row), from the sweeps' trials;
+    returns the files written."""
+    from mvot.sweep import aggregate_by_size
+
+    columns: dict[str, dict[str, dict[int, float]]] = {}
+    for d, trials in _sweeps(sweep_dirs):
+        rows = [r for r in aggregate_by_size(trials) if int(r["patch_px"]) == patch_px]
         for task in TASKS:
-            mine = [r for r in rows if r["task"] == task and int(r["patch_px"]) == patch_px]
-            if not mine:
-                continue
-            table: dict[int, dict[str, str]] = {}
-            labels = []
+            mine = [r for r in rows if r["task"] == task]
             for variant, ld, label, _ in ROWS:
-                for r in mine:
-                    if r["variant"] == variant and float(r["ld_weight"]) == ld:
-                        table.setdefault(int(r["size"]), {})[label] = r["accuracy"]
-                        if label not in labels:
-                            labels.append(label)
-            path = Path(out_dir) / f"table_by_size_{task}.csv"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("w", newline="") as fh:
-                w = csv.writer(fh)
-                w.writerow(["size", *labels])
-                for size in sorted(table):
-                    w.writerow([size, *(table[size].get(lb, "") for lb in labels)])
-            written.append(path)
+                sizes = {int(r["size"]): r["accuracy"] for r in mine if r["variant"] == variant and float(r["ld_weight"]) == ld}
+                if sizes:
+                    cols = columns.setdefault(task, {})
+                    cols[label if label not in cols else f"{label} [{d.name}]"] = sizes
+    written = []
+    for task, cols in columns.items():
+        path = Path(out_dir) / f"table_by_size_{task}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["size", *cols])
+            for size in sorted({s for c in cols.values() for s in c}):
+                w.writerow([size, *(c.get(size, "") for c in cols.values())])
+        written.append(path)
     return written

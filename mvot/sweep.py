@@ -107,10 +107,16 @@ def aggregate_by_size(rows: list[dict]) -> list[dict]:
     return out
 
 
-def combine_trials(rows: list[dict], trials_dir: str | Path) -> list[dict]:
+def _trial_dir(row: dict, trials_dir: str | Path | None) -> Path:
+    return Path(row["_dir"]) if row.get("_dir") else Path(trials_dir or ".") / row["trial"]
+
+
+def combine_trials(rows: list[dict], trials_dir: str | Path | None) -> list[dict]:
     """The MVoT+CoT upper bound and the combined predictor (``mvot.evaluate.combine``) of
     every finished mvot trial with the cot trial of the same seed and tokens per image, per
-    task; then their mean and sample standard deviation over seeds per mvot configuration."""
+    task; then their mean and sample standard deviation over seeds per mvot configuration.
+    A trial lies in ``trials_dir / row["trial"]``, or in ``row["_dir"]`` where given (trials
+    of several sweeps, ``mvot report``)."""
     from mvot.data import DataError
     from mvot.evaluate import combine, read_records
 
@@ -125,8 +131,8 @@ def combine_trials(rows: list[dict], trials_dir: str | Path) -> list[dict]:
             if task not in (c.get("tasks") or {}):
                 continue
             try:
-                a = read_records(Path(trials_dir) / r["trial"] / "eval" / "trial" / task / "predictions.jsonl")
-                b = read_records(Path(trials_dir) / c["trial"] / "eval" / "trial" / task / "predictions.jsonl")
+                a = read_records(_trial_dir(r, trials_dir) / "eval" / "trial" / task / "predictions.jsonl")
+                b = read_records(_trial_dir(c, trials_dir) / "eval" / "trial" / task / "predictions.jsonl")
                 res = combine(a, b)
             except (DataError, ValueError):  # predictions missing, or scored on other instances
                 continue

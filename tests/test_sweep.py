@@ -3,6 +3,8 @@ local Dask cluster, with a parent MLflow run and a child per trial."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import yaml
 
@@ -271,37 +273,60 @@ def test_trials_racing_to_create_an_experiment_share_it(tmp_path):
     assert exp_id == calls[1] == mlflow.get_experiment_by_name("shared").experiment_id
 
 
+def _report_trial(sweep_dir, raw_params, variant, ld, seed, acc, golds_preds, **params_over):
+    """A finished trial as the sweep flow leaves it: row.json, params.yaml, predictions."""
+    import json
+
+    from mvot.sweep import trial_key
+
+    t = {"ld_distance": "euclidean", "ld_reduction": "mean", "patch_px": 16, "status": "ok", "train_seconds": 100.0,
+         "parameters": 1_472_000, "variant": variant, "ld_weight": ld, "seed": seed}
+    t["trial"] = trial_key(t)
+    t["tasks"] = {"maze": {"accuracy": acc, "v_acc": 99.0 if variant == "mvot" else None,
+                           "accuracy_by_size": {"3": acc + 2, "6": acc - 2}}}
+    d = sweep_dir / "trials" / t["trial"]
+    (d / "eval" / "trial" / "maze").mkdir(parents=True)
+    raw = copy.deepcopy(raw_params)
+    for k, v in params_over.items():
+        raw["train"]["model"][k] = v
+    (d / "params.yaml").write_text(yaml.safe_dump(raw))
+    (d / "row.json").write_text(json.dumps(t))
+    (d / "eval" / "trial" / "maze" / "predictions.jsonl").write_text("".join(
+        json.dumps({"uid": f"u{i}", "task": "maze", "size": 3, "n_steps": 1, "gold": g, "pred": p, "answer_logprob": lp}) + "\n"
+        for i, (g, p, lp) in enumerate(golds_preds)))
+    return t
+
+
 def test_report_tabulates_the_paper_rows_with_seed_spread(raw_params, tmp_path):
-    from mvot.report import ReportError, results_table
-    from mvot.sweep import trial_key, write_summary
+    from mvot.report import ReportError, by_size_tables, results_table
 
     d = tmp_path / "table-maze"
-    base = {"ld_distance": "euclidean", "ld_reduction": "mean", "patch_px": 16, "status": "ok", "train_seconds": 100.0,
-            "parameters": 1_472_000}
-    rows = []
-    for variant, ld, accs in (("cot", 0.0, [40.0, 50.0]), ("mvot", 1.0, [90.0, 96.0])):
+    # 4 instances, gold A B C D; cot right on 0 and 1 (sure of 0), mvot right on 1 and 2 (sure of 2)
+    cot = [("A", "A", -0.1), ("B", "B", -2.0), ("C", "A", -3.0), ("D", "A", -3.0)]
+    mvot = [("A", "B", -2.0), ("B", "B", -0.5), ("C", "C", -0.1), ("D", "B", -3.0)]
+    for variant, ld, accs, preds in (("cot", 0.0, [40.0, 50.0], cot), ("mvot", 1.0, [90.0, 96.0], mvot)):
         for seed, acc in enumerate(accs):
-            t = base | {"variant": variant, "ld_weight": ld, "seed": seed}
-            t["trial"] = trial_key(t)
-            t["tasks"] = {"maze": {"accuracy": acc, "v_acc": 99.0 if variant == "mvot" else None,
-                                   "accuracy_by_size": {"3": acc + 2, "6": acc - 2}}}
-            (d / "trials" / t["trial"]).mkdir(parents=True)
-            (d / "trials" / t["trial"] / "params.yaml").write_text(yaml.safe_dump(raw_params))
-            (d / "trials" / t["trial"] / "row.json").write_text(__import__("json").dumps(t))
-            rows.append(t)
-    combined = [{"variant": "mvot", "ld_weight": 1.0, "ld_distance": "euclidean", "ld_reduction": "mean", "patch_px": 16,
-                 "task": "maze", "with": "cot", "seeds": 2, "upper_bound": 98.0, "upper_bound_sd": 1.0,
-                 "combined": 95.0, "combined_sd": 2.0}]
-    write_summary(rows, aggregate(rows), d / "summary", combined=combined)
+            _report_trial(d, raw_params, variant, ld, seed, acc, preds)
     md = results_table([d])
     line = next(x for x in md.splitlines() if "| MVoT (L_D 1.0) |" in x)
-    assert "| maze | MVoT (L_D 1.0) | 2 | 93.0 ± 4.2 | 99.0 ± 0.0 |" in line and "92.95" in line  # the paper beside ours
-    assert "| maze | CoT | 2 | 45.0 ± 7.1 | - |" in md and "| maze | Direct | 0 | not run |" in md
-    assert "| maze | upper bound (MVoT + CoT) | 2 | 98.0 ± 1.0 |" in md and "combined predictor (MVoT + CoT) | 2 | 95.0 ± 2.0" in md
+    assert "| maze | MVoT (L_D 1.0) | table-maze | 2 | 93.0 ± 4.2 | 99.0 ± 0.0 |" in line and "92.95" in line  # the paper beside ours
+    assert "| maze | CoT | table-maze | 2 | 45.0 ± 7.1 | - |" in md and "| maze | Direct | | 0 | not run |" in md
+    # upper bound: 3 of 4 right; combined: 0 (cot surer), 1 (agree), 2 (mvot surer) right, 3 wrong -> 75
+    assert "| maze | upper bound (MVoT + CoT) | table-maze | 2 | 75.0 ± 0.0 |" in md
+    assert "| maze | combined predictor (MVoT + CoT) | table-maze | 2 | 75.0 ± 0.0 |" in md
     assert "1.47M parameters" in md and "tokens per image: frozenlake 36, maze 36, minibehavior 100" in md
-    with pytest.raises(ReportError, match="comparison.csv"):
+    with pytest.raises(ReportError, match="no finished trial"):
         results_table([tmp_path / "nothing"])
-    from mvot.report import by_size_tables
-
     (csv_file,) = by_size_tables([d], tmp_path / "plots")
     assert csv_file.read_text().splitlines() == ["size,CoT,MVoT (L_D 1.0)", "3,47.0,95.0", "6,43.0,91.0"]
+
+    # a second sweep of MVoT alone (here: from a checkpoint) gets its own rows, paired with the first sweep's CoT
+    e = tmp_path / "table-maze-from-cot"
+    _report_trial(e, raw_params, "mvot", 1.0, 0, 80.0, cot, pretrained="/ckpt/cot", grid_pos=0, step_pos=0)
+    md = results_table([d, e])
+    assert "| maze | MVoT (L_D 1.0) | table-maze-from-cot | 1 | 80.0 | 99.0 |" in md
+    assert "| maze | upper bound (MVoT + CoT) | table-maze-from-cot | 1 | 50.0 |" in md  # its predictions are cot's
+    assert "table-maze-from-cot: 1.47M parameters" in md and "initialised from /ckpt/cot" in md
+    assert md.count("| maze | Direct |") == 1 and md.index("table-maze |") < md.index("table-maze-from-cot |")
+    (csv_file,) = by_size_tables([d, e], tmp_path / "plots")
+    assert csv_file.read_text().splitlines()[0] == "size,CoT,MVoT (L_D 1.0),MVoT (L_D 1.0) [table-maze-from-cot]"
