@@ -21,7 +21,11 @@ smoke: setup
 table: setup
 	dvc repro tokenize
 	for t in frozenlake maze minibehavior; do $(PY) -m flows.sweep --profile table-$$t || exit 1; done
-	mvot report sweeps/table-frozenlake sweeps/table-maze sweeps/table-minibehavior --plots plots
+	# MINIBEHAVIOR's MVoT from scratch stays at chance at this budget: MVoT again, from its CoT model
+	$(PY) -m flows.sweep --profile table-minibehavior --set sweep.name=table-minibehavior-from-cot \
+	    --set "sweep.grid.variant=[mvot]" --set "sweep.grid.ld_weight=[0.0,1.0]" --set train.model.grid_pos=0 --set train.model.step_pos=0 \
+	    --set train.model.pretrained=$(CURDIR)/sweeps/table-minibehavior/trials/cot-w0-euclidean-mean-p16-s0/runs/trial/model
+	mvot report sweeps/table-frozenlake sweeps/table-maze sweeps/table-minibehavior sweeps/table-minibehavior-from-cot --plots plots
 
 setup: $(VENV)/.installed
 

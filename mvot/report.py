@@ -179,20 +179,24 @@ def results_table(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
 
 def by_size_tables(sweep_dirs: list[str | Path], out_dir: str | Path, patch_px: int = 16) -> list[Path]:
     """Accuracy by grid size per task, one column per row of the paper (mean over seeds;
-    ``label [sweep]`` where a second sweep ran the same row), from the sweeps' trials;
-    returns the files written."""
-    from mvot.sweep import aggregate_by_size
+    ``label [sweep]`` where a second sweep ran the same row), from the sweeps' trials, as
+    ``table_by_size_<task>.csv`` and one figure, ``table_by_size.png``; returns the files
+    written."""
+    from mvot.sweep import aggregate_by_size, plot_by_size
 
     columns: dict[str, dict[str, dict[int, float]]] = {}
+    points = []  # for the figure: one line per column
     for d, trials in _sweeps(sweep_dirs):
         rows = [r for r in aggregate_by_size(trials) if int(r["patch_px"]) == patch_px]
         for task in TASKS:
             mine = [r for r in rows if r["task"] == task]
             for variant, ld, label, _ in ROWS:
-                sizes = {int(r["size"]): r["accuracy"] for r in mine if r["variant"] == variant and float(r["ld_weight"]) == ld}
-                if sizes:
+                sel = [r for r in mine if r["variant"] == variant and float(r["ld_weight"]) == ld]
+                if sel:
                     cols = columns.setdefault(task, {})
-                    cols[label if label not in cols else f"{label} [{d.name}]"] = sizes
+                    name = label if label not in cols else f"{label} [{d.name}]"
+                    cols[name] = {int(r["size"]): r["accuracy"] for r in sel}
+                    points += [r | {"label": name} for r in sel]
     written = []
     for task, cols in columns.items():
         path = Path(out_dir) / f"table_by_size_{task}.csv"
@@ -203,4 +207,6 @@ def by_size_tables(sweep_dirs: list[str | Path], out_dir: str | Path, patch_px: 
             for size in sorted({s for c in cols.values() for s in c}):
                 w.writerow([size, *(c.get(size, "") for c in cols.values())])
         written.append(path)
+    if points:
+        written.append(plot_by_size(points, Path(out_dir) / "table_by_size.png", "results table"))
     return written

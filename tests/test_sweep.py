@@ -317,7 +317,8 @@ def test_report_tabulates_the_paper_rows_with_seed_spread(raw_params, tmp_path):
     assert "1.47M parameters" in md and "tokens per image: frozenlake 36, maze 36, minibehavior 100" in md
     with pytest.raises(ReportError, match="no finished trial"):
         results_table([tmp_path / "nothing"])
-    (csv_file,) = by_size_tables([d], tmp_path / "plots")
+    csv_file, png = by_size_tables([d], tmp_path / "plots")
+    assert png.name == "table_by_size.png" and png.stat().st_size > 0
     assert csv_file.read_text().splitlines() == ["size,CoT,MVoT (L_D 1.0)", "3,47.0,95.0", "6,43.0,91.0"]
 
     # a second sweep of MVoT alone (here: from a checkpoint) gets its own rows, paired with the first sweep's CoT
@@ -328,5 +329,5 @@ def test_report_tabulates_the_paper_rows_with_seed_spread(raw_params, tmp_path):
     assert "| maze | upper bound (MVoT + CoT) | table-maze-from-cot | 1 | 50.0 |" in md  # its predictions are cot's
     assert "table-maze-from-cot: 1.47M parameters" in md and "initialised from /ckpt/cot" in md
     assert md.count("| maze | Direct |") == 1 and md.index("table-maze |") < md.index("table-maze-from-cot |")
-    (csv_file,) = by_size_tables([d, e], tmp_path / "plots")
+    csv_file, _ = by_size_tables([d, e], tmp_path / "plots")
     assert csv_file.read_text().splitlines()[0] == "size,CoT,MVoT (L_D 1.0),MVoT (L_D 1.0) [table-maze-from-cot]"
