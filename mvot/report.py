@@ -60,6 +60,13 @@ def _cell(row: dict, key: str, digits: int = 1) -> str:
     return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if seeds > 1 and sd is not None else "")
 
 
+def _paper(task: str, key: str) -> str:
+    paper = PAPER_ACCURACY.get((task, key), "")
+    if (task, key) in PAPER_VISUAL:
+        paper = f"{paper}; {PAPER_VISUAL[(task, key)]}".strip("; ")
+    return paper
+
+
 def load_trials(sweep_dir: Path) -> list[dict]:
     """The finished trials of one sweep (``trials/*/row.json`` with status ok), each with its
     directory (``_dir``) and typed params (``_params``)."""
@@ -126,8 +133,7 @@ def results_table(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
     partners = _cot_partners(sweeps)
     lines = ["| task | row | sweep | seeds | accuracy | V-Acc | V-Red | V-Steps | V-Ratio | A-Exact | train s | paper accuracy |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    per_task: dict[str, list[str]] = {}
-    ran: dict[str, set] = {}
+    per_task: dict[str, dict[str, list[str]]] = {}  # task -> row label (or "~combined") -> lines
     notes = []
     for d, trials in sweeps:
         table = [r for r in aggregate(trials) if int(r["patch_px"]) == patch_px]
@@ -140,27 +146,24 @@ def results_table(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
             rows = [r for r in table if r["task"] == task]
             if not rows:
                 continue
-            out = per_task.setdefault(task, [])
+            out = per_task.setdefault(task, {})
             for variant, ld, label, key in ROWS:
                 r = next((r for r in rows if r["variant"] == variant and float(r["ld_weight"]) == ld), None)
                 if r is None:
                     continue
-                ran.setdefault(task, set()).add(label)
-                paper = PAPER_ACCURACY.get((task, key), "")
-                if (task, key) in PAPER_VISUAL:
-                    paper = f"{paper}; {PAPER_VISUAL[(task, key)]}".strip("; ")
+                paper = _paper(task, key)
                 train = _num(r.get("train_seconds"))
                 scores = " | ".join(_cell(r, s, 2 if s == "v_steps" else 1) for s in SCORES)
-                out.append(f"| {task} | {label} | {d.name} | {int(float(r['seeds']))} | {scores} | "
+                out.setdefault(label, []).append(f"| {task} | {label} | {d.name} | {int(float(r['seeds']))} | {scores} | "
                            f"{f'{train:,.0f}' if train else '-'} | {paper} |")
             for c in combined:
                 if c["task"] != task:
                     continue
                 which = "MVoT" if float(c["ld_weight"]) > 0 else "MVoT without L_D"
                 seeds = int(float(c["seeds"]))
-                out.append(f"| {task} | upper bound ({which} + CoT) | {d.name} | {seeds} | {_cell(c, 'upper_bound')} | | | | | | | "
+                out.setdefault("~combined", []).append(f"| {task} | upper bound ({which} + CoT) | {d.name} | {seeds} | {_cell(c, 'upper_bound')} | | | | | | | "
                            f"{PAPER_ACCURACY.get((task, 'upper'), '') if which == 'MVoT' else ''} |")
-                out.append(f"| {task} | combined predictor ({which} + CoT) | {d.name} | {seeds} | {_cell(c, 'combined')} | | | | | | | |")
+                out["~combined"].append(f"| {task} | combined predictor ({which} + CoT) | {d.name} | {seeds} | {_cell(c, 'combined')} | | | | | | | |")
         facts = _sweep_facts(trials)
         tpi = ", ".join(f"{t} {n}" for t, n in facts["tokens_per_image"].items())
         size = f"{facts['parameters'] / 1e6:.2f}M parameters" if facts.get("parameters") else "parameters not recorded"
@@ -171,9 +174,9 @@ def results_table(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
     for task in TASKS:
         if task not in per_task:
             continue
-        lines += per_task[task]
-        lines += [f"| {task} | {label} | | 0 | not run | | | | | | | {PAPER_ACCURACY.get((task, key), '')} |"
-                  for _, _, label, key in ROWS if label not in ran.get(task, set())]
+        for _, _, label, key in ROWS:
+            lines += per_task[task].get(label) or [f"| {task} | {label} | | 0 | not run | | | | | | | {_paper(task, key)} |"]
+        lines += per_task[task].get("~combined", [])
     return "\n".join(lines + [""] + [f"- {n}" for n in notes])
 
 
