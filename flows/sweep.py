@@ -56,6 +56,10 @@ from mvot.sweep import (
 )
 from mvot.tracking import NullTracker, check_reachable, default_uri, start_run
 
+# the columns of the summary's markdown tables (Prefect artifact and the command's output)
+TABLE_COLS = [*CONFIG_KEYS, "task", "seeds", "accuracy", "accuracy_sd", "v_acc", "v_acc_sd", "v_red", "v_red_sd", "train_seconds"]
+COMBINED_COLS = [*CONFIG_KEYS, "task", "seeds", "upper_bound", "upper_bound_sd", "combined", "combined_sd"]
+
 
 def _mvot(args: list[str], cwd: Path, log: Path, env_extra: dict | None = None) -> str:
     """One ``mvot`` command in its own process; its output goes to ``log``; a failure raises
@@ -257,12 +261,11 @@ def sweep_flow(params_path: str = "params.yaml", sets: list[str] | None = None, 
     failed = [r for r in rows if r["status"] != "ok"]
     create_table_artifact(key="sweep-comparison", table=table or [{"note": "no trial finished"}],
                           description=f"Sweep {params.sweep.name}: mean and spread over seeds")
-    cols = [*CONFIG_KEYS, "task", "seeds", "accuracy", "accuracy_sd", "v_acc", "v_acc_sd", "v_red", "v_red_sd", "train_seconds"]
     md = [f"# Sweep `{params.sweep.name}`: {len(rows) - len(failed)}/{len(rows)} trials finished", "",
-          markdown_table(table, cols)]
+          markdown_table(table, TABLE_COLS)]
     if combined:
         md += ["", "## MVoT + CoT: upper bound and combined predictor", "",
-               markdown_table(combined, [*CONFIG_KEYS, "task", "seeds", "upper_bound", "upper_bound_sd", "combined", "combined_sd"])]
+               markdown_table(combined, COMBINED_COLS)]
     if failed:
         md += ["", "## Failed trials", "", *[f"- `{r['trial']}`: {r.get('error', '')[:300]}" for r in failed]]
     if skipped:
@@ -303,11 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     except MvotError as exc:
         print(f"flows.sweep: error: {exc}", file=sys.stderr)
         return 1
-    cols = [*CONFIG_KEYS, "task", "seeds", "accuracy", "accuracy_sd", "v_acc", "v_acc_sd", "v_red", "v_red_sd", "train_seconds"]
-    print(markdown_table(r["table"], cols))
+    print(markdown_table(r["table"], TABLE_COLS))
     if r["combined"]:
         print("\nMVoT + CoT (same seed): upper bound and combined predictor")
-        print(markdown_table(r["combined"], [*CONFIG_KEYS, "task", "seeds", "upper_bound", "upper_bound_sd", "combined", "combined_sd"]))
+        print(markdown_table(r["combined"], COMBINED_COLS))
     for row in r["rows"]:
         if row["status"] != "ok":
             print(f"failed: {row['trial']}: {row.get('error', '')[:300]}", file=sys.stderr)

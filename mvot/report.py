@@ -45,13 +45,6 @@ def _num(x: str | None) -> float | None:
     return None if x in (None, "", "None") else float(x)
 
 
-def _read_csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 def _cell(row: dict, key: str, digits: int = 1) -> str:
     mean, sd = _num(row.get(key)), _num(row.get(f"{key}_sd"))
     if mean is None:
@@ -110,17 +103,6 @@ def _sweeps(sweep_dirs: list[str | Path]) -> list[tuple[Path, list[dict]]]:
     return out
 
 
-def _cot_partners(sweeps: list[tuple[Path, list[dict]]]) -> list[dict]:
-    """CoT trials to pair with MVoT trials of any sweep: per (seed, tokens per image, tasks) the
-    one of the first sweep given that has it."""
-    seen: dict[tuple, dict] = {}
-    for _, trials in sweeps:
-        for t in trials:
-            if t["variant"] == "cot":
-                seen.setdefault((t["seed"], t["patch_px"], tuple(sorted(t.get("tasks") or {}))), t)
-    return list(seen.values())
-
-
 def results_table(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
     """One markdown table over the tasks of ``sweep_dirs`` (finished sweeps), read from
     their trials. A row of the paper that several sweeps ran is listed once per sweep
@@ -130,18 +112,15 @@ def results_table(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
     from mvot.sweep import aggregate, combine_trials
 
     sweeps = _sweeps(sweep_dirs)
-    partners = _cot_partners(sweeps)
+    # CoT partners for MVoT trials: a sweep's own first, then those of the sweeps in the order given
+    cots = [t for _, trials in sweeps for t in trials if t["variant"] == "cot"]
     lines = ["| task | row | sweep | seeds | accuracy | V-Acc | V-Red | V-Steps | V-Ratio | A-Exact | train s | paper accuracy |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     per_task: dict[str, dict[str, list[str]]] = {}  # task -> row label (or "~combined") -> lines
     notes = []
     for d, trials in sweeps:
         table = [r for r in aggregate(trials) if int(r["patch_px"]) == patch_px]
-        own_cot = {(t["seed"], t["patch_px"]) for t in trials if t["variant"] == "cot"}
-        pairs = trials + [c for c in partners if (c["seed"], c["patch_px"]) not in own_cot]
-        combined = [c for c in combine_trials([t for t in pairs if t["variant"] in ("cot", "mvot")
-                                               and (t["variant"] == "cot" or t in trials)], None)
-                    if int(c["patch_px"]) == patch_px]
+        combined = [c for c in combine_trials(trials + cots, None) if int(c["patch_px"]) == patch_px]
         for task in TASKS:
             rows = [r for r in table if r["task"] == task]
             if not rows:

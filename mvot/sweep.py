@@ -113,22 +113,25 @@ def _trial_dir(row: dict, trials_dir: str | Path | None) -> Path:
 
 def combine_trials(rows: list[dict], trials_dir: str | Path | None) -> list[dict]:
     """The MVoT+CoT upper bound and the combined predictor (``mvot.evaluate.combine``) of
-    every finished mvot trial with the cot trial of the same seed and tokens per image, per
-    task; then their mean and sample standard deviation over seeds per mvot configuration.
+    every finished mvot trial with the cot trial of the same seed and tokens per image that
+    scored the same task (the first one in ``rows``), per task; then their mean and sample standard deviation over seeds per mvot configuration.
     A trial lies in ``trials_dir / row["trial"]``, or in ``row["_dir"]`` where given (trials
     of several sweeps, ``mvot report``)."""
     from mvot.data import DataError
     from mvot.evaluate import combine, read_records
 
     ok = [r for r in rows if r.get("status") == "ok"]
-    cot = {(r["seed"], r["patch_px"]): r for r in ok if r["variant"] == "cot"}
+    cot: dict[tuple, dict] = {}  # (seed, tokens per image, task) -> the first cot trial given that scored it
+    for r in ok:
+        if r["variant"] == "cot":
+            for task in r.get("tasks") or {}:
+                cot.setdefault((r["seed"], r["patch_px"], task), r)
     groups: dict[tuple, list[dict]] = {}
     for r in ok:
-        c = cot.get((r["seed"], r["patch_px"]))
-        if r["variant"] != "mvot" or c is None:
+        if r["variant"] != "mvot":
             continue
         for task in r.get("tasks") or {}:
-            if task not in (c.get("tasks") or {}):
+            if (c := cot.get((r["seed"], r["patch_px"], task))) is None:
                 continue
             try:
                 a = read_records(_trial_dir(r, trials_dir) / "eval" / "trial" / task / "predictions.jsonl")

@@ -331,3 +331,18 @@ def test_report_tabulates_the_paper_rows_with_seed_spread(raw_params, tmp_path):
     assert md.count("| maze | Direct |") == 1 and md.index("table-maze |") < md.index("table-maze-from-cot |")
     csv_file, _ = by_size_tables([d, e], tmp_path / "plots")
     assert csv_file.read_text().splitlines()[0] == "size,CoT,MVoT (L_D 1.0),MVoT (L_D 1.0) [table-maze-from-cot]"
+
+
+def test_combine_pairs_mvot_with_the_cot_trial_that_scored_the_same_task(raw_params, tmp_path):
+    from mvot.sweep import combine_trials
+
+    preds = [("A", "A", -0.1), ("B", "C", -1.0)]
+    maze_cot = _report_trial(tmp_path / "a", raw_params, "cot", 0.0, 0, 50.0, preds)
+    mvot = _report_trial(tmp_path / "b", raw_params, "mvot", 1.0, 0, 50.0, [("A", "C", -2.0), ("B", "B", -0.1)])
+    for t, d in ((maze_cot, "a"), (mvot, "b")):
+        t["_dir"] = str(tmp_path / d / "trials" / t["trial"])
+    # a cot trial of the same seed that scored another task only: not a partner for maze, wherever it stands
+    other = maze_cot | {"trial": "cot-frozenlake", "tasks": {"frozenlake": {"accuracy": 40.0}}, "_dir": str(tmp_path / "nowhere")}
+    for rows in ([other, maze_cot, mvot], [maze_cot, other, mvot]):
+        (row,) = combine_trials(rows, None)
+        assert (row["task"], row["seeds"], row["upper_bound"], row["combined"]) == ("maze", 1, 100.0, 100.0)
