@@ -25,7 +25,7 @@ table: setup
 	$(PY) -m flows.sweep --profile table-minibehavior --set sweep.name=table-minibehavior-from-cot \
 	    --set "sweep.grid.variant=[mvot]" --set "sweep.grid.ld_weight=[0.0,1.0]" --set train.model.grid_pos=0 --set train.model.step_pos=0 \
 	    --set train.model.pretrained=$(CURDIR)/sweeps/table-minibehavior/trials/cot-w0-euclidean-mean-p16-s0/runs/trial/model
-	mvot report sweeps/table-frozenlake sweeps/table-maze sweeps/table-minibehavior sweeps/table-minibehavior-from-cot --plots plots
+	mvot report sweeps/table-frozenlake sweeps/table-maze sweeps/table-minibehavior sweeps/table-minibehavior-from-cot --plots plots --track
 
 setup: $(VENV)/.installed
 

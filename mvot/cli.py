@@ -63,10 +63,28 @@ def _tracked(args: argparse.Namespace, experiment: str, run_name: str, parent_ru
 def cmd_report(args: argparse.Namespace) -> int:
     from mvot.report import by_size_tables, results_table
 
-    print(results_table(args.sweeps, args.patch_px))
-    if args.plots:
-        for path in by_size_tables(args.sweeps, args.plots, args.patch_px):
-            print(f"wrote {path}", file=sys.stderr)
+    table = results_table(args.sweeps, args.patch_px)
+    print(table)
+    written = by_size_tables(args.sweeps, args.plots, args.patch_px) if args.plots else []
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    if args.track:  # one MLflow run holding the merged table and by-size plots, beside the sweeps' own runs
+        import tempfile
+
+        from mvot.tracking import start_run
+
+        with tempfile.TemporaryDirectory() as tmp, start_run("report", "results-table") as tracker:
+            out = Path(tmp)
+            (out / "results.md").write_text(table + "\n")
+            if not written:
+                by_size_tables(args.sweeps, out, args.patch_px)
+            else:
+                for path in written:
+                    (out / path.name).write_bytes(path.read_bytes())
+            tracker.set_tags({"sweeps": " ".join(str(Path(d).resolve()) for d in args.sweeps),
+                              "patch_px": str(args.patch_px)})
+            tracker.log_artifacts(out)
+            print(f"MLflow run {tracker.run_id} (experiment 'report'): results.md and the by-size plots", file=sys.stderr)
     return 0
 
 
@@ -361,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("sweeps", nargs="+", help="sweep directories, e.g. sweeps/table-frozenlake")
     rp.add_argument("--patch-px", type=int, default=16, help="the tokens-per-image setting to tabulate (default: 16)")
     rp.add_argument("--plots", help="also write accuracy-by-grid-size CSVs here (DVC plots), e.g. plots")
+    rp.add_argument("--track", action="store_true",
+                    help="also log the table and the by-size plots as an MLflow run (experiment 'report')")
     rp.set_defaults(fn=cmd_report)
 
     b = sub.add_parser("bench", help="benchmarks that print figures")

@@ -4,6 +4,7 @@ local Dask cluster, with a parent MLflow run and a child per trial."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
@@ -346,3 +347,27 @@ def test_combine_pairs_mvot_with_the_cot_trial_that_scored_the_same_task(raw_par
     for rows in ([other, maze_cot, mvot], [maze_cot, other, mvot]):
         (row,) = combine_trials(rows, None)
         assert (row["task"], row["seeds"], row["upper_bound"], row["combined"]) == ("maze", 1, 100.0, 100.0)
+
+
+def test_report_logs_the_merged_table_to_mlflow(raw_params, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from mvot.cli import main
+
+    d = tmp_path / "table-maze"
+    preds = [("A", "A", -0.1), ("B", "C", -1.0)]
+    _report_trial(d, raw_params, "cot", 0.0, 0, 50.0, preds)
+    _report_trial(d, raw_params, "mvot", 1.0, 0, 100.0, [("A", "A", -0.1), ("B", "B", -0.1)])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # the store's artifacts go under the working directory
+    assert main(["report", str(d), "--track"]) == 0
+    assert "| maze | MVoT (L_D 1.0) | table-maze | 1 | 100.0 |" in capsys.readouterr().out
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("report").experiment_id])
+    assert run.data.tags["sweeps"] == str(d.resolve())
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert names == {"results.md", "table_by_size_maze.csv", "table_by_size.png"}
+    md = Path(client.download_artifacts(run.info.run_id, "results.md", str(tmp_path))).read_text()
+    assert "| maze | upper bound (MVoT + CoT) | table-maze | 1 | 100.0 |" in md
