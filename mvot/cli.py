@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="the results table (markdown) of finished sweeps: every row of the paper per task")
     rp.add_argument("sweeps", nargs="+", help="sweep directories, e.g. sweeps/table-frozenlake")
     rp.add_argument("--patch-px", type=int, default=16, help="the tokens-per-image setting to tabulate (default: 16)")
-    rp.add_argument("--plots", help="also write accuracy-by-grid-size CSVs here (DVC plots), e.g. plots")
+    rp.add_argument("--plots", help="also write accuracy-by-grid-size CSVs (DVC plots), their figure and the trials' training curves here, e.g. plots")
     rp.add_argument("--track", action="store_true",
                     help="also log the table and the by-size plots as an MLflow run (experiment 'report')")
     rp.set_defaults(fn=cmd_report)

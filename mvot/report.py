@@ -10,7 +10,8 @@ Reading trials rather than a sweep's summary lets one table merge sweeps that ra
 different rows (a row that several sweeps ran is listed once per sweep). Nothing is typed
 by hand: the README's table is this command's output. With ``--plots DIR`` it also writes
 ``DIR/table_by_size_<task>.csv`` (accuracy per grid size, one column per row of the
-paper, mean over seeds): the DVC plots of the table (``dvc plots show``).
+paper, mean over seeds): the DVC plots of the table (``dvc plots show``), the figure
+``table_by_size.png``, and ``table_curves.png``, every trial's training curves.
 """
 
 from __future__ import annotations
@@ -191,4 +192,54 @@ def by_size_tables(sweep_dirs: list[str | Path], out_dir: str | Path, patch_px: 
         written.append(path)
     if points:
         written.append(plot_by_size(points, Path(out_dir) / "table_by_size.png", "results table"))
-    return written
+    curves = learning_curves(sweep_dirs, Path(out_dir) / "table_curves.png", patch_px)
+    return written + ([curves] if curves else [])
+
+
+def _read_curve(path: Path) -> dict[str, list[float]]:
+    """``runs/trial/curve.csv`` as columns; empty cells (a loss a row does not have) are NaN."""
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {k: [float(r[k]) if r[k] not in ("", None) else float("nan") for r in rows] for k in (rows[0] if rows else {})}
+
+
+def learning_curves(sweep_dirs: list[str | Path], path: str | Path, patch_px: int = 16) -> Path | None:
+    """Training curves of the sweeps' finished trials: text and image cross-entropy against
+    step, one line per trial (row and seed), one row of panels per task, log scale. Where a
+    row's seeds end far apart, this shows whether the model learned the task at all (text
+    cross-entropy falling to ~0) and when. ``None`` when no trial kept its curve."""
+    series: dict[str, list[tuple[str, dict[str, list[float]]]]] = {}
+    for d, trials in _sweeps(sweep_dirs):
+        for row in trials:
+            curve = Path(row["_dir"]) / "runs" / "trial" / "curve.csv"
+            if int(row["patch_px"]) != patch_px or not curve.exists():
+                continue
+            label = next((lab for v, ld, lab, _ in ROWS if v == row["variant"] and float(row["ld_weight"]) == ld), row["variant"])
+            for task in row.get("tasks", {}):
+                series.setdefault(task, []).append((f"{label} s{row['seed']} [{d.name}]", _read_curve(curve)))
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in TASKS if t in series]
+    losses = (("loss/text_ce", "text cross-entropy"), ("loss/image_ce", "image cross-entropy"))
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 3.4 * len(tasks)), squeeze=False)
+    for row_axes, task in zip(axes, tasks, strict=True):
+        for ax, (key, name) in zip(row_axes, losses, strict=True):
+            for i, (label, c) in enumerate(series[task]):  # one colour per trial in both panels
+                if key in c and any(v == v and v > 0 for v in c[key]):
+                    ax.plot(c["step"], c[key], label=label, linewidth=1, color=f"C{i % 10}")
+            ax.set_yscale("log")
+            ax.set_xlabel("step")
+            ax.set_ylabel(name)
+            ax.set_title(f"{task}: {name}", fontsize=9)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

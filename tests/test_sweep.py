@@ -371,3 +371,23 @@ def test_report_logs_the_merged_table_to_mlflow(raw_params, tmp_path, monkeypatc
     assert names == {"results.md", "table_by_size_maze.csv", "table_by_size.png"}
     md = Path(client.download_artifacts(run.info.run_id, "results.md", str(tmp_path))).read_text()
     assert "| maze | upper bound (MVoT + CoT) | table-maze | 1 | 100.0 |" in md
+
+
+def test_report_draws_the_trials_learning_curves(raw_params, tmp_path):
+    from mvot.report import by_size_tables, learning_curves
+
+    d = tmp_path / "table-maze"
+    for seed in (0, 1):
+        t = _report_trial(d, raw_params, "mvot", 1.0, seed, 90.0, [("A", "A", -0.1)])
+        rows = ["step,loss/total,loss/text_ce,loss/image_ce,loss/ld"] + [
+            f"{s},1.0,{0.3 / s if seed == 0 else 0.2},{0.1 / s},{'' if s == 10 else 0.05}" for s in (10, 20, 30)]
+        (d / "trials" / t["trial"] / "runs" / "trial").mkdir(parents=True)
+        (d / "trials" / t["trial"] / "runs" / "trial" / "curve.csv").write_text("\n".join(rows) + "\n")
+    written = by_size_tables([d], tmp_path / "plots")
+    assert [p.name for p in written] == ["table_by_size_maze.csv", "table_by_size.png", "table_curves.png"]
+    assert written[-1].stat().st_size > 0
+    from mvot.report import _read_curve
+
+    c = _read_curve(d / "trials" / t["trial"] / "runs" / "trial" / "curve.csv")
+    assert c["step"] == [10.0, 20.0, 30.0] and c["loss/ld"][0] != c["loss/ld"][0]  # empty cell -> NaN
+    assert learning_curves([d], tmp_path / "x.png", patch_px=8) is None  # no trial at that setting
