@@ -69,6 +69,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     if args.track:  # one MLflow run holding the merged table and by-size plots, beside the sweeps' own runs
+        import shutil
         import tempfile
 
         from mvot.tracking import start_run
@@ -80,7 +81,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                 by_size_tables(args.sweeps, out, args.patch_px)
             else:
                 for path in written:
-                    (out / path.name).write_bytes(path.read_bytes())
+                    shutil.copy(path, out)
             tracker.set_tags({"sweeps": " ".join(str(Path(d).resolve()) for d in args.sweeps),
                               "patch_px": str(args.patch_px)})
             tracker.log_artifacts(out)

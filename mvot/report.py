@@ -169,7 +169,8 @@ def by_size_tables(sweep_dirs: list[str | Path], out_dir: str | Path, patch_px: 
 
     columns: dict[str, dict[str, dict[int, float]]] = {}
     points = []  # for the figure: one line per column
-    for d, trials in _sweeps(sweep_dirs):
+    sweeps = _sweeps(sweep_dirs)
+    for d, trials in sweeps:
         rows = [r for r in aggregate_by_size(trials) if int(r["patch_px"]) == patch_px]
         for task in TASKS:
             mine = [r for r in rows if r["task"] == task]
@@ -192,7 +193,7 @@ def by_size_tables(sweep_dirs: list[str | Path], out_dir: str | Path, patch_px: 
         written.append(path)
     if points:
         written.append(plot_by_size(points, Path(out_dir) / "table_by_size.png", "results table"))
-    curves = learning_curves(sweep_dirs, Path(out_dir) / "table_curves.png", patch_px)
+    curves = _plot_curves(sweeps, Path(out_dir) / "table_curves.png", patch_px)
     return written + ([curves] if curves else [])
 
 
@@ -208,8 +209,12 @@ def learning_curves(sweep_dirs: list[str | Path], path: str | Path, patch_px: in
     step, one line per trial (row and seed), one row of panels per task, log scale. Where a
     row's seeds end far apart, this shows whether the model learned the task at all (text
     cross-entropy falling to ~0) and when. ``None`` when no trial kept its curve."""
+    return _plot_curves(_sweeps(sweep_dirs), path, patch_px)
+
+
+def _plot_curves(sweeps: list[tuple[Path, list[dict]]], path: str | Path, patch_px: int) -> Path | None:
     series: dict[str, list[tuple[str, dict[str, list[float]]]]] = {}
-    for d, trials in _sweeps(sweep_dirs):
+    for d, trials in sweeps:
         for row in trials:
             curve = Path(row["_dir"]) / "runs" / "trial" / "curve.csv"
             if int(row["patch_px"]) != patch_px or not curve.exists():

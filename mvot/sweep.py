@@ -114,7 +114,8 @@ def _trial_dir(row: dict, trials_dir: str | Path | None) -> Path:
 def combine_trials(rows: list[dict], trials_dir: str | Path | None) -> list[dict]:
     """The MVoT+CoT upper bound and the combined predictor (``mvot.evaluate.combine``) of
     every finished mvot trial with the cot trial of the same seed and tokens per image that
-    scored the same task (the first one in ``rows``), per task; then their mean and sample standard deviation over seeds per mvot configuration.
+    scored the same task (the first one in ``rows``), per task; then their mean and sample
+    standard deviation over seeds per mvot configuration.
     A trial lies in ``trials_dir / row["trial"]``, or in ``row["_dir"]`` where given (trials
     of several sweeps, ``mvot report``)."""
     from mvot.data import DataError
