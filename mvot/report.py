@@ -204,9 +204,26 @@ def _read_curve(path: Path) -> dict[str, list[float]]:
     return {k: [float(r[k]) if r[k] not in ("", None) else float("nan") for r in rows] for k in (rows[0] if rows else {})}
 
 
+def _trial_curve(row: dict) -> dict[str, list[float]] | None:
+    """A finished trial's curve (``None`` if it kept none), its steps counted from scratch:
+    a trial initialised from another trial's model (``train.model.pretrained`` pointing at
+    ``<trial>/runs/trial/model``) continues after that trial's last step."""
+    curve = Path(row["_dir"]) / "runs" / "trial" / "curve.csv"
+    if not curve.exists():
+        return None
+    c = _read_curve(curve)
+    pretrained = row["_params"].train.model.pretrained
+    parent = Path(pretrained).parent / "curve.csv" if pretrained else None
+    if parent is not None and parent.exists() and c.get("step"):
+        before = _read_curve(parent).get("step") or [0.0]
+        c["step"] = [s + before[-1] for s in c["step"]]
+    return c
+
+
 def learning_curves(sweep_dirs: list[str | Path], path: str | Path, patch_px: int = 16) -> Path | None:
     """Training curves of the sweeps' finished trials: text and image cross-entropy against
-    step, one line per trial (row and seed), one row of panels per task, log scale. Where a
+    step (a trial started from another's model continues after its last step), one line per
+    trial (row and seed), one row of panels per task, log scale. Where a
     row's seeds end far apart, this shows whether the model learned the task at all (text
     cross-entropy falling to ~0) and when. ``None`` when no trial kept its curve."""
     return _plot_curves(_sweeps(sweep_dirs), path, patch_px)
@@ -216,12 +233,12 @@ def _plot_curves(sweeps: list[tuple[Path, list[dict]]], path: str | Path, patch_
     series: dict[str, list[tuple[str, dict[str, list[float]]]]] = {}
     for d, trials in sweeps:
         for row in trials:
-            curve = Path(row["_dir"]) / "runs" / "trial" / "curve.csv"
-            if int(row["patch_px"]) != patch_px or not curve.exists():
+            curve = _trial_curve(row) if int(row["patch_px"]) == patch_px else None
+            if curve is None:
                 continue
             label = next((lab for v, ld, lab, _ in ROWS if v == row["variant"] and float(row["ld_weight"]) == ld), row["variant"])
             for task in row.get("tasks", {}):
-                series.setdefault(task, []).append((f"{label} s{row['seed']} [{d.name}]", _read_curve(curve)))
+                series.setdefault(task, []).append((f"{label} s{row['seed']} [{d.name}]", curve))
     if not series:
         return None
     import matplotlib

@@ -391,3 +391,14 @@ def test_report_draws_the_trials_learning_curves(raw_params, tmp_path):
     c = _read_curve(d / "trials" / t["trial"] / "runs" / "trial" / "curve.csv")
     assert c["step"] == [10.0, 20.0, 30.0] and c["loss/ld"][0] != c["loss/ld"][0]  # empty cell -> NaN
     assert learning_curves([d], tmp_path / "x.png", patch_px=8) is None  # no trial at that setting
+    # a trial trained on from seed 1's model continues its curve after seed 1's last step
+    from mvot.report import _trial_curve, load_trials
+
+    e = tmp_path / "table-maze-4800"
+    model = d / "trials" / t["trial"] / "runs" / "trial" / "model"
+    c = _report_trial(e, raw_params, "mvot", 1.0, 1, 99.0, [("A", "A", -0.1)], pretrained=str(model), grid_pos=0, step_pos=0)
+    (e / "trials" / c["trial"] / "runs" / "trial").mkdir(parents=True)
+    (e / "trials" / c["trial"] / "runs" / "trial" / "curve.csv").write_text("step,loss/text_ce\n5,0.01\n15,0.001\n")
+    (cont,) = load_trials(e)
+    assert _trial_curve(cont)["step"] == [35.0, 45.0] and _trial_curve(load_trials(d)[0])["step"] == [10.0, 20.0, 30.0]
+    assert learning_curves([d, e], tmp_path / "y.png").stat().st_size > 0
