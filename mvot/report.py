@@ -213,10 +213,9 @@ def _trial_curve(row: dict) -> dict[str, list[float]] | None:
         return None
     c = _read_curve(curve)
     pretrained = row["_params"].train.model.pretrained
-    parent = Path(pretrained).parent / "curve.csv" if pretrained else None
-    if parent is not None and parent.exists() and c.get("step"):
+    if pretrained and (parent := Path(pretrained).parent / "curve.csv").exists():
         before = _read_curve(parent).get("step") or [0.0]
-        c["step"] = [s + before[-1] for s in c["step"]]
+        c["step"] = [s + before[-1] for s in c.get("step", [])]
     return c
 
 

@@ -374,7 +374,7 @@ def test_report_logs_the_merged_table_to_mlflow(raw_params, tmp_path, monkeypatc
 
 
 def test_report_draws_the_trials_learning_curves(raw_params, tmp_path):
-    from mvot.report import by_size_tables, learning_curves
+    from mvot.report import _read_curve, _trial_curve, by_size_tables, learning_curves, load_trials
 
     d = tmp_path / "table-maze"
     for seed in (0, 1):
@@ -386,14 +386,10 @@ def test_report_draws_the_trials_learning_curves(raw_params, tmp_path):
     written = by_size_tables([d], tmp_path / "plots")
     assert [p.name for p in written] == ["table_by_size_maze.csv", "table_by_size.png", "table_curves.png"]
     assert written[-1].stat().st_size > 0
-    from mvot.report import _read_curve
-
     c = _read_curve(d / "trials" / t["trial"] / "runs" / "trial" / "curve.csv")
     assert c["step"] == [10.0, 20.0, 30.0] and c["loss/ld"][0] != c["loss/ld"][0]  # empty cell -> NaN
     assert learning_curves([d], tmp_path / "x.png", patch_px=8) is None  # no trial at that setting
     # a trial trained on from seed 1's model continues its curve after seed 1's last step
-    from mvot.report import _trial_curve, load_trials
-
     e = tmp_path / "table-maze-4800"
     model = d / "trials" / t["trial"] / "runs" / "trial" / "model"
     c = _report_trial(e, raw_params, "mvot", 1.0, 1, 99.0, [("A", "A", -0.1)], pretrained=str(model), grid_pos=0, step_pos=0)
