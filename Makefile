@@ -25,11 +25,13 @@ table: setup
 	$(PY) -m flows.sweep --profile table-minibehavior --set sweep.name=table-minibehavior-from-cot \
 	    --set "sweep.grid.variant=[mvot]" --set "sweep.grid.ld_weight=[0.0,1.0]" --set train.model.grid_pos=0 --set train.model.step_pos=0 \
 	    --set train.model.pretrained=$(CURDIR)/sweeps/table-minibehavior/trials/cot-w0-euclidean-mean-p16-s0/runs/trial/model
-	# FROZENLAKE MVoT (L_D) trained 2,400 more steps from its model: the seeds that had not learned the lookup by 2,400 did by then
-	$(PY) -m flows.sweep --profile table-frozenlake --set sweep.name=table-frozenlake-4800 --set "sweep.grid.variant=[mvot]" \
-	    --set "sweep.grid.ld_weight=[1.0]" --set train.model.grid_pos=0 --set train.model.step_pos=0 \
-	    --set train.model.pretrained=$(CURDIR)/sweeps/table-frozenlake/trials/mvot-w1-euclidean-mean-p16-s0/runs/trial/model
-	mvot report sweeps/table-frozenlake sweeps/table-frozenlake-4800 sweeps/table-maze sweeps/table-minibehavior sweeps/table-minibehavior-from-cot --plots plots --track
+	# MVoT trained 2,400 more steps from its own model (FROZENLAKE with and without L_D, MAZE with L_D):
+	# the runs that had not passed the text-CE transition by 2,400 steps did by then
+	for tw in frozenlake:1 frozenlake:0 maze:1; do t=$${tw%:*}; w=$${tw#*:}; \
+	  $(PY) -m flows.sweep --profile table-$$t --set sweep.name=table-$$t-4800 --set "sweep.grid.variant=[mvot]" \
+	    --set "sweep.grid.ld_weight=[$$w.0]" --set train.model.grid_pos=0 --set train.model.step_pos=0 \
+	    --set train.model.pretrained=$(CURDIR)/sweeps/table-$$t/trials/mvot-w$$w-euclidean-mean-p16-s0/runs/trial/model || exit 1; done
+	mvot report sweeps/table-frozenlake sweeps/table-frozenlake-4800 sweeps/table-maze sweeps/table-maze-4800 sweeps/table-minibehavior sweeps/table-minibehavior-from-cot --plots plots --track
 
 setup: $(VENV)/.installed
 
