@@ -392,9 +392,10 @@ def test_report_draws_the_trials_learning_curves(raw_params, tmp_path):
     # a trial trained on from seed 1's model continues its curve after seed 1's last step
     e = tmp_path / "table-maze-4800"
     model = d / "trials" / t["trial"] / "runs" / "trial" / "model"
-    c = _report_trial(e, raw_params, "mvot", 1.0, 1, 99.0, [("A", "A", -0.1)], pretrained=str(model), grid_pos=0, step_pos=0)
-    (e / "trials" / c["trial"] / "runs" / "trial").mkdir(parents=True)
-    (e / "trials" / c["trial"] / "runs" / "trial" / "curve.csv").write_text("step,loss/text_ce\n5,0.01\n15,0.001\n")
+    cont_run = _report_trial(e, raw_params, "mvot", 1.0, 1, 99.0, [("A", "A", -0.1)], pretrained=str(model),
+                             grid_pos=0, step_pos=0)["trial"]
+    (e / "trials" / cont_run / "runs" / "trial").mkdir(parents=True)
+    (e / "trials" / cont_run / "runs" / "trial" / "curve.csv").write_text("step,loss/text_ce\n5,0.01\n15,0.001\n")
     (cont,) = load_trials(e)
     assert _trial_curve(cont)["step"] == [35.0, 45.0] and _trial_curve(load_trials(d)[0])["step"] == [10.0, 20.0, 30.0]
     assert learning_curves([d, e], tmp_path / "y.png").stat().st_size > 0
