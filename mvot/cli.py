@@ -89,6 +89,32 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compactness(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from mvot.report import compactness_table
+
+    with tempfile.TemporaryDirectory() as tmp:
+        md, written = compactness_table(args.sweeps, args.plots or (tmp if args.track else None), args.variant, args.ld_weight)
+        print(md)
+        for path in written if args.plots else []:
+            print(f"wrote {path}", file=sys.stderr)
+        if args.track:
+            from mvot.tracking import start_run
+
+            with start_run("report", "compactness") as tracker:
+                out = Path(tmp) / "log"
+                out.mkdir()
+                (out / "compactness.md").write_text(md + "\n")
+                for path in written:
+                    (out / path.name).write_bytes(path.read_bytes())
+                tracker.set_tags({"sweeps": " ".join(str(Path(d).resolve()) for d in args.sweeps),
+                                  "variant": args.variant, "ld_weight": str(args.ld_weight)})
+                tracker.log_artifacts(out)
+                print(f"MLflow run {tracker.run_id} (experiment 'report'): compactness.md and its plot", file=sys.stderr)
+    return 0
+
+
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from mvot.tokenizers import run_stage
 
@@ -383,6 +409,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--track", action="store_true",
                     help="also log the table and the by-size plots as an MLflow run (experiment 'report')")
     rp.set_defaults(fn=cmd_report)
+
+    cp = sub.add_parser("compactness", help="the compactness study (markdown + plot): accuracy, V-Acc and training time "
+                                            "against image tokens per cell, from finished sweeps")
+    cp.add_argument("sweeps", nargs="+", help="sweep directories, e.g. sweeps/table-frozenlake sweeps/table-fl-compact")
+    cp.add_argument("--variant", default="mvot", choices=["direct", "cot", "interleaved", "mvot"], help="row of the paper (default: mvot)")
+    cp.add_argument("--ld-weight", type=float, default=1.0, help="its L_D weight (default: 1.0)")
+    cp.add_argument("--plots", help="also write compactness_<task>.csv and compactness.png here, e.g. plots")
+    cp.add_argument("--track", action="store_true", help="also log the table and plot as an MLflow run (experiment 'report')")
+    cp.set_defaults(fn=cmd_compactness)
 
     b = sub.add_parser("bench", help="benchmarks that print figures")
     b.add_argument("what", choices=["generate", "parse", "train", "decode"],

@@ -274,13 +274,13 @@ def test_trials_racing_to_create_an_experiment_share_it(tmp_path):
     assert exp_id == calls[1] == mlflow.get_experiment_by_name("shared").experiment_id
 
 
-def _report_trial(sweep_dir, raw_params, variant, ld, seed, acc, golds_preds, **params_over):
+def _report_trial(sweep_dir, raw_params, variant, ld, seed, acc, golds_preds, patch_px=16, **params_over):
     """A finished trial as the sweep flow leaves it: row.json, params.yaml, predictions."""
     import json
 
     from mvot.sweep import trial_key
 
-    t = {"ld_distance": "euclidean", "ld_reduction": "mean", "patch_px": 16, "status": "ok", "train_seconds": 100.0,
+    t = {"ld_distance": "euclidean", "ld_reduction": "mean", "patch_px": patch_px, "status": "ok", "train_seconds": 100.0,
          "parameters": 1_472_000, "variant": variant, "ld_weight": ld, "seed": seed}
     t["trial"] = trial_key(t)
     t["tasks"] = {"maze": {"accuracy": acc, "v_acc": 99.0 if variant == "mvot" else None,
@@ -288,6 +288,7 @@ def _report_trial(sweep_dir, raw_params, variant, ld, seed, acc, golds_preds, **
     d = sweep_dir / "trials" / t["trial"]
     (d / "eval" / "trial" / "maze").mkdir(parents=True)
     raw = copy.deepcopy(raw_params)
+    raw["tokenizer"]["patch_px"] = patch_px
     for k, v in params_over.items():
         raw["train"]["model"][k] = v
     (d / "params.yaml").write_text(yaml.safe_dump(raw))
@@ -399,3 +400,41 @@ def test_report_draws_the_trials_learning_curves(raw_params, tmp_path):
     (cont,) = load_trials(e)
     assert _trial_curve(cont)["step"] == [35.0, 45.0] and _trial_curve(load_trials(d)[0])["step"] == [10.0, 20.0, 30.0]
     assert learning_curves([d, e], tmp_path / "y.png").stat().st_size > 0
+
+
+def test_compactness_study_merges_the_table_sweep_with_other_patch_sizes(raw_params, tmp_path, monkeypatch, capsys):
+    from mvot.cli import main
+    from mvot.report import ReportError, compactness_table
+
+    table, compact = tmp_path / "table-maze", tmp_path / "table-maze-compact"
+    for seed, acc in enumerate((90.0, 96.0)):  # the results table's own MVoT trials, 1 token per cell
+        _report_trial(table, raw_params, "mvot", 1.0, seed, acc, [("A", "A", -0.1)])
+    _report_trial(table, raw_params, "cot", 0.0, 0, 40.0, [("A", "A", -0.1)])  # another row: not in the study
+    _report_trial(compact, raw_params, "mvot", 1.0, 0, 50.0, [("A", "A", -0.1)], patch_px=8, grid_pos=12)
+    _report_trial(compact, raw_params, "mvot", 1.0, 0, 30.0, [("A", "A", -0.1)], patch_px=32)
+    with pytest.raises(ReportError, match="two or more patch sizes"):
+        compactness_table([table])
+    md, files = compactness_table([table, compact], tmp_path / "plots")
+    lines = [x for x in md.splitlines() if x.startswith("| maze |")]
+    assert [x.split(" | ")[1:4] for x in lines] == [["0.25", "9", "32"], ["1", "36", "16"], ["4", "144", "8"]]
+    assert "| table-maze | 2 | 93.0 ± 4.2 | 99.0 ± 0.0 |" in lines[1] and "| table-maze-compact | 1 | 50.0 |" in lines[2]
+    assert [f.name for f in files] == ["compactness_maze.csv", "compactness.png"] and files[1].stat().st_size > 0
+    assert files[0].read_text().splitlines()[1].startswith("0.25,9,32,table-maze-compact,1,30.0")
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    assert main(["compactness", str(table), str(compact), "--track"]) == 0
+    assert "| maze | 4 | 144 | 8 |" in capsys.readouterr().out
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("report").experiment_id])
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"compactness.md", "compactness_maze.csv", "compactness.png"}
+    # the same setting in two sweeps is refused, naming both
+    _report_trial(compact, raw_params, "mvot", 1.0, 1, 92.0, [("A", "A", -0.1)])
+    with pytest.raises(ReportError, match="16-pixel patches was run by both table-maze and table-maze-compact"):
+        compactness_table([table, compact])
+    # the command: markdown on stdout, a clear error and exit code on bad input
+    assert main(["compactness", str(table), str(tmp_path / "nothing")]) != 0
+    assert "no finished trial" in capsys.readouterr().err
