@@ -4,6 +4,7 @@ import pytest
 
 from mvot.cli import main
 from mvot.config import ConfigError, load_params, parse_params
+from tests.conftest import ROOT
 
 
 def _bad(raw, path, value):
@@ -113,3 +114,16 @@ def test_evaluate_overrides_are_validated(tmp_path, raw_params, capsys):
     assert main(["--params", str(p), "evaluate", "--limit", "0", "--budget-factor", "2", "--runs", str(tmp_path),
                  "--no-track"]) == 1  # valid overrides; then the missing model is the error
     assert "no trained model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("profile", sorted(p.name for p in (ROOT / "profiles").glob("*.yaml")))
+def test_committed_profiles_resolve_to_valid_params_and_trials(profile):
+    """Every profile the README and Makefile name parses, and its sweep grid leaves out only the
+    combinations that cannot exist (L_D on a row without image targets): a patch size that does
+    not fit a task's images, say, would be skipped, not run."""
+    from flows.pipeline import resolve_params
+    from mvot.sweep import trials
+
+    raw, name = resolve_params(str(ROOT / "params.yaml"), str(ROOT / "profiles" / profile), [])
+    grid, skipped = trials(parse_params(raw, profile))
+    assert grid and all("L_D needs image targets" in s for s in skipped), skipped
