@@ -31,7 +31,14 @@ table: setup
 	  $(PY) -m flows.sweep --profile table-$$t --set sweep.name=table-$$t-4800 --set "sweep.grid.variant=[mvot]" \
 	    --set "sweep.grid.ld_weight=[$$w.0]" --set train.model.grid_pos=0 --set train.model.step_pos=0 \
 	    --set train.model.pretrained=$(CURDIR)/sweeps/table-$$t/trials/mvot-w$$w-euclidean-mean-p16-s0/runs/trial/model || exit 1; done
-	mvot report sweeps/table-frozenlake sweeps/table-frozenlake-4800 sweeps/table-maze sweeps/table-maze-4800 sweeps/table-minibehavior sweeps/table-minibehavior-from-cot --plots plots --track
+	# MINIBEHAVIOR's MVoT (L_D) from CoT, 2,400 steps more
+	$(PY) -m flows.sweep --profile table-minibehavior --set sweep.name=table-minibehavior-4800 --set "sweep.grid.variant=[mvot]" \
+	    --set "sweep.grid.ld_weight=[1.0]" --set train.model.grid_pos=0 --set train.model.step_pos=0 \
+	    --set train.model.pretrained=$(CURDIR)/sweeps/table-minibehavior-from-cot/trials/mvot-w1-euclidean-mean-p16-s0/runs/trial/model
+	mvot report sweeps/table-frozenlake sweeps/table-frozenlake-4800 sweeps/table-maze sweeps/table-maze-4800 sweeps/table-minibehavior sweeps/table-minibehavior-from-cot sweeps/table-minibehavior-4800 --plots plots --track
+	# the compactness study: 1/4 and 4 image tokens per cell beside the table's 1
+	$(PY) -m flows.sweep --profile table-frozenlake-compact
+	mvot compactness sweeps/table-frozenlake sweeps/table-frozenlake-compact --plots plots --track
 
 setup: $(VENV)/.installed
 
