@@ -90,6 +90,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compactness(args: argparse.Namespace) -> int:
+    import shutil
     import tempfile
 
     from mvot.report import compactness_table
@@ -107,7 +108,7 @@ def cmd_compactness(args: argparse.Namespace) -> int:
                 out.mkdir()
                 (out / "compactness.md").write_text(md + "\n")
                 for path in written:
-                    (out / path.name).write_bytes(path.read_bytes())
+                    shutil.copy(path, out)
                 tracker.set_tags({"sweeps": " ".join(str(Path(d).resolve()) for d in args.sweeps),
                                   "variant": args.variant, "ld_weight": str(args.ld_weight)})
                 tracker.log_artifacts(out)
@@ -322,6 +323,8 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mvot.traces import VARIANTS
+
     p = argparse.ArgumentParser(prog="mvot", description="Multimodal Visualization-of-Thought pipeline")
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -413,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("compactness", help="the compactness study (markdown + plot): accuracy, V-Acc and training time "
                                             "against image tokens per cell, from finished sweeps")
     cp.add_argument("sweeps", nargs="+", help="sweep directories, e.g. sweeps/table-frozenlake sweeps/table-fl-compact")
-    cp.add_argument("--variant", default="mvot", choices=["direct", "cot", "interleaved", "mvot"], help="row of the paper (default: mvot)")
+    cp.add_argument("--variant", default="mvot", choices=VARIANTS, help="row of the paper (default: mvot)")
     cp.add_argument("--ld-weight", type=float, default=1.0, help="its L_D weight (default: 1.0)")
     cp.add_argument("--plots", help="also write compactness_<task>.csv and compactness.png here, e.g. plots")
     cp.add_argument("--track", action="store_true", help="also log the table and plot as an MLflow run (experiment 'report')")

@@ -280,38 +280,38 @@ def compactness_table(sweep_dirs: list[str | Path], out_dir: str | Path | None =
     points: dict[tuple[str, int], dict] = {}  # (task, patch_px) -> aggregated row + facts
     for d, trials in _sweeps(sweep_dirs):
         mine = [t for t in trials if t["variant"] == variant and float(t["ld_weight"]) == ld_weight]
+        first = {}  # (task, patch_px) -> one trial of that setting, for its params and model size
+        for t in mine:
+            for task in t["tasks"]:
+                first.setdefault((task, int(t["patch_px"])), t)
         for r in aggregate(mine):
             key = (r["task"], int(r["patch_px"]))
             if key in points:
                 raise ReportError(f"{r['task']} at {key[1]}-pixel patches was run by both {points[key]['sweep']} and "
                                   f"{d.name}; give only one of them")
-            params = next(t["_params"] for t in mine if int(t["patch_px"]) == key[1] and r["task"] in t["tasks"])
+            params = first[key]["_params"]
             cell = params.render.task(r["task"]).cell_px
             points[key] = r | {"sweep": d.name, "cell_px": cell, "tokens_per_cell": tokens_per_cell(cell, key[1]),
                                "tokens_per_image": params.tokens_per_image(r["task"]), "steps": params.train.steps,
-                               "batch_tokens": params.train.batch_tokens, "parameters": next(
-                                   (t.get("parameters") for t in mine if int(t["patch_px"]) == key[1]), None)}
+                               "batch_tokens": params.train.batch_tokens, "parameters": first[key].get("parameters")}
     label = next((lab for v, ld, lab, _ in ROWS if v == variant and ld == ld_weight), variant)
     tasks = [t for t in TASKS if len({p for (task, p) in points if task == t}) > 1]
     if not tasks:
         found = ", ".join(f"{t} p{p}" for t, p in sorted(points)) or "none"
         raise ReportError(f"no task has {label} trials at two or more patch sizes in {', '.join(map(str, sweep_dirs))} "
                           f"(found: {found}); run the sweep with --set \"sweep.grid.patch_px=[...]\"")
+    rows = sorted((r for (task, _), r in points.items() if task in tasks),
+                  key=lambda r: (tasks.index(r["task"]), r["tokens_per_cell"]))
     lines = [f"Compactness study, {label}:", "",
              "| task | tokens per cell | tokens per image | patch px | sweep | seeds | accuracy | V-Acc | V-Red | V-Steps | A-Exact | train s | steps x tokens | parameters |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    rows = []
-    for task in tasks:
-        for (t, p), r in sorted(points.items(), key=lambda kv: kv[1]["tokens_per_cell"]):
-            if t != task:
-                continue
-            rows.append(r)
-            tpc = r["tokens_per_cell"]
-            train = _num(r.get("train_seconds"))
-            size = f"{r['parameters'] / 1e6:.2f}M" if r.get("parameters") else "-"
-            lines.append(f"| {task} | {tpc:g} | {r['tokens_per_image']} | {p} | {r['sweep']} | {int(float(r['seeds']))} | "
-                         + " | ".join(_cell(r, s, 2 if s == "v_steps" else 1) for s in ("accuracy", "v_acc", "v_red", "v_steps", "a_exact"))
-                         + f" | {f'{train:,.0f}' if train else '-'} | {r['steps']:,} x {r['batch_tokens']:,} | {size} |")
+    for r in rows:
+        train = _num(r.get("train_seconds"))
+        size = f"{r['parameters'] / 1e6:.2f}M" if r.get("parameters") else "-"
+        lines.append(f"| {r['task']} | {r['tokens_per_cell']:g} | {r['tokens_per_image']} | {r['patch_px']} | {r['sweep']} | "
+                     f"{int(float(r['seeds']))} | "
+                     + " | ".join(_cell(r, s, 2 if s == "v_steps" else 1) for s in ("accuracy", "v_acc", "v_red", "v_steps", "a_exact"))
+                     + f" | {f'{train:,.0f}' if train else '-'} | {r['steps']:,} x {r['batch_tokens']:,} | {size} |")
     written: list[Path] = []
     if out_dir is not None:
         out = Path(out_dir)
@@ -325,6 +325,5 @@ def compactness_table(sweep_dirs: list[str | Path], out_dir: str | Path | None =
                 w.writeheader()
                 w.writerows(r for r in rows if r["task"] == task)
             written.append(path)
-        written.append(_plot_compactness(rows, {t: points[next(k for k in points if k[0] == t)]["cell_px"] for t in tasks},
-                                         out / "compactness.png"))
+        written.append(_plot_compactness(rows, {r["task"]: r["cell_px"] for r in rows}, out / "compactness.png"))
     return "\n".join(lines), written
