@@ -116,6 +116,13 @@ def cmd_compactness(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outcomes(args: argparse.Namespace) -> int:
+    from mvot.report import outcome_table
+
+    print(outcome_table(args.sweeps, args.data, args.task))
+    return 0
+
+
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from mvot.tokenizers import run_stage
 
@@ -421,6 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--plots", help="also write compactness_<task>.csv and compactness.png here, e.g. plots")
     cp.add_argument("--track", action="store_true", help="also log the table and plot as an MLflow run (experiment 'report')")
     cp.set_defaults(fn=cmd_compactness)
+
+    oc = sub.add_parser("outcomes", help="accuracy by how the episode ended (which rule gave the answer), per finished trial")
+    oc.add_argument("sweeps", nargs="+", help="sweep directories, e.g. sweeps/table-minibehavior-4800")
+    oc.add_argument("--task", choices=TASKS, help="only this task (default: every task the trials scored)")
+    oc.add_argument("--data", default="data/raw", help="the generated data the trials were scored on (default: data/raw)")
+    oc.set_defaults(fn=cmd_outcomes)
 
     b = sub.add_parser("bench", help="benchmarks that print figures")
     b.add_argument("what", choices=["generate", "parse", "train", "decode"],

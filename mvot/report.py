@@ -327,3 +327,58 @@ def compactness_table(sweep_dirs: list[str | Path], out_dir: str | Path | None =
             written.append(path)
         written.append(_plot_compactness(rows, {r["task"]: r["cell_px"] for r in rows}, out / "compactness.png"))
     return "\n".join(lines), written
+
+
+def outcome_table(sweep_dirs: list[str | Path], data_dir: str | Path = "data/raw", task: str | None = None) -> str:
+    """Accuracy by how the episode ended (``mvot.worlds.outcome``: the answer, split further
+    where a world has several causes for one answer, as MINIBEHAVIOR's failed pick-up and
+    put-down do), one line per finished trial of ``sweep_dirs``, from the trials' test
+    predictions and the test split in ``data_dir`` they were scored on. Answers which rule
+    the misses break: on MINIBEHAVIOR, those read off the inventory line or those that need
+    the picture (is the printer, or a table cell, next to the agent?)."""
+    from mvot.data import read_split
+    from mvot.worlds import outcome
+
+    labels = {(v, ld): lab for v, ld, lab, _ in ROWS}
+    rank = {lab: i for i, lab in enumerate(labels.values())}
+    per_task: dict[str, list[tuple[str, str, int, dict[str, tuple[int, int]]]]] = {}
+    tests: dict[str, dict[str, str]] = {}  # task -> uid -> outcome
+    for d, trials in _sweeps(sweep_dirs):
+        for t in trials:
+            for name in t["tasks"]:
+                if task and name != task:
+                    continue
+                if name not in tests:
+                    tests[name] = {inst.uid: outcome(inst) for inst in read_split(Path(data_dir) / name, "test")}
+                preds = Path(t["_dir"]) / "eval" / "trial" / name / "predictions.jsonl"
+                if not preds.is_file():
+                    raise ReportError(f"{preds}: missing; the trial's evaluation did not finish (rerun its sweep)")
+                counts: dict[str, list[int]] = {}
+                for lineno, line in enumerate(preds.read_text().splitlines(), 1):
+                    try:
+                        p = json.loads(line)
+                        kind = tests[name][p["uid"]]
+                    except json.JSONDecodeError as exc:
+                        raise ReportError(f"{preds}:{lineno}: not valid JSON ({exc}); rerun the trial's evaluation") from None
+                    except KeyError:
+                        raise ReportError(f"{preds}:{lineno}: instance {line[:80]!r} is not in {Path(data_dir) / name}/test.jsonl; "
+                                          "the data changed since this trial was scored (regenerate it, or rerun the sweep)") from None
+                    c = counts.setdefault(kind, [0, 0])
+                    c[0] += p["pred"] == p["gold"]
+                    c[1] += 1
+                label = labels.get((t["variant"], float(t["ld_weight"])), t["variant"])
+                per_task.setdefault(name, []).append((d.name, label, int(t["seed"]), {k: tuple(v) for k, v in counts.items()}))
+    if not per_task:
+        raise ReportError(f"no finished trial scored {task} in {', '.join(map(str, sweep_dirs))}")
+    order = {Path(d).name: i for i, d in enumerate(sweep_dirs)}
+    out = []
+    for name in (t for t in TASKS if t in per_task):
+        kinds = sorted({k for *_, counts in per_task[name] for k in counts})
+        out += [f"Accuracy by outcome, {name} (right / instances):", "",
+                "| sweep | row | seed | accuracy | " + " | ".join(kinds) + " |", "|---|---|---|---|" + "---|" * len(kinds)]
+        for sweep, label, seed, counts in sorted(per_task[name], key=lambda r: (order[r[0]], rank.get(r[1], len(rank)), r[2])):
+            right, n = sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
+            cells = " | ".join(f"{counts[k][0]} / {counts[k][1]}" if k in counts else "-" for k in kinds)
+            out.append(f"| {sweep} | {label} | {seed} | {100 * right / n:.1f} | {cells} |")
+        out.append("")
+    return "\n".join(out).rstrip()

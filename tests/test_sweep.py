@@ -274,7 +274,7 @@ def test_trials_racing_to_create_an_experiment_share_it(tmp_path):
     assert exp_id == calls[1] == mlflow.get_experiment_by_name("shared").experiment_id
 
 
-def _report_trial(sweep_dir, raw_params, variant, ld, seed, acc, golds_preds, patch_px=16, **params_over):
+def _report_trial(sweep_dir, raw_params, variant, ld, seed, acc, golds_preds, patch_px=16, task="maze", **params_over):
     """A finished trial as the sweep flow leaves it: row.json, params.yaml, predictions."""
     import json
 
@@ -283,18 +283,18 @@ def _report_trial(sweep_dir, raw_params, variant, ld, seed, acc, golds_preds, pa
     t = {"ld_distance": "euclidean", "ld_reduction": "mean", "patch_px": patch_px, "status": "ok", "train_seconds": 100.0,
          "parameters": 1_472_000, "variant": variant, "ld_weight": ld, "seed": seed}
     t["trial"] = trial_key(t)
-    t["tasks"] = {"maze": {"accuracy": acc, "v_acc": 99.0 if variant == "mvot" else None,
+    t["tasks"] = {task: {"accuracy": acc, "v_acc": 99.0 if variant == "mvot" else None,
                            "accuracy_by_size": {"3": acc + 2, "6": acc - 2}}}
     d = sweep_dir / "trials" / t["trial"]
-    (d / "eval" / "trial" / "maze").mkdir(parents=True)
+    (d / "eval" / "trial" / task).mkdir(parents=True)
     raw = copy.deepcopy(raw_params)
     raw["tokenizer"]["patch_px"] = patch_px
     for k, v in params_over.items():
         raw["train"]["model"][k] = v
     (d / "params.yaml").write_text(yaml.safe_dump(raw))
     (d / "row.json").write_text(json.dumps(t))
-    (d / "eval" / "trial" / "maze" / "predictions.jsonl").write_text("".join(
-        json.dumps({"uid": f"u{i}", "task": "maze", "size": 3, "n_steps": 1, "gold": g, "pred": p, "answer_logprob": lp}) + "\n"
+    (d / "eval" / "trial" / task / "predictions.jsonl").write_text("".join(
+        json.dumps({"uid": f"u{i}", "task": task, "size": 3, "n_steps": 1, "gold": g, "pred": p, "answer_logprob": lp}) + "\n"
         for i, (g, p, lp) in enumerate(golds_preds)))
     return t
 
@@ -333,6 +333,49 @@ def test_report_tabulates_the_paper_rows_with_seed_spread(raw_params, tmp_path):
     assert md.count("| maze | Direct |") == 1 and md.index("table-maze |") < md.index("table-maze-from-cot |")
     csv_file, _ = by_size_tables([d, e], tmp_path / "plots")
     assert csv_file.read_text().splitlines()[0] == "size,CoT,MVoT (L_D 1.0),MVoT (L_D 1.0) [table-maze-from-cot]"
+
+
+def test_outcomes_split_accuracy_by_the_rule_that_ended_the_episode(raw_params, tmp_path):
+    import json
+
+    from mvot.config import parse_params
+    from mvot.data import draw_instance
+    from mvot.report import ReportError, outcome_table
+    from mvot.worlds import outcome
+
+    params = parse_params(raw_params)
+    insts = [draw_instance(params, "minibehavior", "test", i) for i in range(16)]
+    kinds = [outcome(i) for i in insts]
+    assert {k[0] for k in kinds} == set("ABCD") and all(k[0] == i.answer for k, i in zip(kinds, insts, strict=True))
+    assert outcome(draw_instance(params, "maze", "test", 0)) in "ABCD"  # a world without finer labels: the answer
+    data = tmp_path / "raw"
+    (data / "minibehavior").mkdir(parents=True)
+    (data / "minibehavior" / "test.jsonl").write_text("".join(json.dumps(i.to_json()) + "\n" for i in insts))
+    sweep = tmp_path / "table-minibehavior"
+    t = _report_trial(sweep, raw_params, "mvot", 1.0, 0, 0.0, [], task="minibehavior")
+    # wrong exactly where a pick-up failed because no printer was next to the agent
+    preds = sweep / "trials" / t["trial"] / "eval" / "trial" / "minibehavior" / "predictions.jsonl"
+    wrong = "B: pick-up, no printer adjacent"
+    preds.write_text("".join(json.dumps({"uid": i.uid, "gold": i.answer, "pred": "D" if k == wrong else i.answer}) + "\n"
+                             for i, k in zip(insts, kinds, strict=True)))
+    md = outcome_table([sweep], data)
+    header = next(x for x in md.splitlines() if x.startswith("| sweep |"))
+    line = next(x for x in md.splitlines() if x.startswith("| table-minibehavior |"))
+    def split(x):
+        return [c.strip() for c in x.strip("|").split("|")]
+
+    cells = dict(zip(split(header), split(line), strict=True))
+    n_wrong = kinds.count(wrong)
+    assert 0 < n_wrong < len(insts)
+    assert cells[wrong] == f"0 / {n_wrong}" and cells["row"] == "MVoT (L_D 1.0)"
+    assert float(cells["accuracy"]) == round(100 * (len(insts) - n_wrong) / len(insts), 1)
+    for k in set(kinds) - {wrong}:
+        assert cells[k] == f"{kinds.count(k)} / {kinds.count(k)}"
+    with pytest.raises(ReportError, match="no finished trial scored maze"):
+        outcome_table([sweep], data, task="maze")
+    preds.write_text(json.dumps({"uid": "minibehavior-test-999999", "gold": "A", "pred": "A"}) + "\n")
+    with pytest.raises(ReportError, match="not in .*test.jsonl; the data changed"):
+        outcome_table([sweep], data)
 
 
 def test_combine_pairs_mvot_with_the_cot_trial_that_scored_the_same_task(raw_params, tmp_path):

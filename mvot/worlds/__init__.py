@@ -3,7 +3,9 @@
 Every world module offers the same functions on its own plain, frozen state type:
 ``generate(rng, size, target, cfg, uid) -> Instance``, ``step``, ``run(initial, actions)
 -> (states, answer)``, ``layout_key(state)``, plus ``ACTIONS``, ``OPTIONS`` (answer letter
--> option text) and the state class with ``to_json``/``from_json``.
+-> option text) and the state class with ``to_json``/``from_json``. A world may add
+``outcome(inst) -> str``, a finer label than the answer (which rule ended the episode);
+:func:`outcome` falls back to the answer letter.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ def letters(task: str) -> str:
     return "".join(world(task).OPTIONS)
 
 
+def outcome(inst: Instance) -> str:
+    """How ``inst``'s episode ended: the world's own ``outcome`` label, else its answer letter."""
+    label = getattr(world(inst.task), "outcome", None)
+    return label(inst) if label else inst.answer
+
+
 def instance_from_json(d: dict[str, Any]) -> Instance:
     """Rebuild an :class:`Instance` from its JSON record, replaying it to check the record.
 
@@ -56,4 +64,4 @@ def instance_from_json(d: dict[str, Any]) -> Instance:
     return inst
 
 
-__all__ = ["WORLDS", "GenerationRetry", "Instance", "InvalidInstance", "instance_from_json", "letters", "world"]
+__all__ = ["WORLDS", "GenerationRetry", "Instance", "InvalidInstance", "instance_from_json", "letters", "outcome", "world"]

@@ -138,6 +138,22 @@ def step(state: MiniBehaviorState, action: str) -> tuple[MiniBehaviorState, str]
 _END = {"installed": "A", "pickup_failed": "B", "putdown_failed": "C"}
 
 
+def outcome(inst: Instance) -> str:
+    """How the episode ended, finer than the answer: which rule ended it (``mvot outcomes``).
+
+    B and C each have two causes, one read off the inventory line ("already carrying",
+    "carrying nothing") and one that needs the picture: whether the printer, or a table
+    cell, is next to the agent."""
+    last, answer = inst.states[-1], inst.answer
+    if answer == "B":
+        return "B: pick-up while carrying" if last.carrying else "B: pick-up, no printer adjacent"
+    if answer == "C":
+        return "C: put-down, no table adjacent" if last.carrying else "C: put-down carrying nothing"
+    if answer == "D":
+        return "D: ended carrying" if last.carrying else "D: never picked up"
+    return "A: put down on the table"
+
+
 def run(initial: MiniBehaviorState, actions: tuple[str, ...]) -> tuple[tuple[MiniBehaviorState, ...], str]:
     states = [initial]
     for action in actions:
