@@ -162,7 +162,8 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
     """Train and score one trial in its own processes; a failure is recorded, not raised,
     so that one bad trial does not lose the others. A trial that finished before with the
     same params is reused; with only the ``evaluate`` section changed (e.g. scoring on the
-    whole test split), its trained model is scored again. The ``concurrent`` trials on a machine
+    whole test split), its trained model is scored again; one cut off mid-training (no
+    ``row.json``, a checkpoint) resumes from its checkpoint, exactly (``mvot train --resume``). The ``concurrent`` trials on a machine
     share its cores (torch threads = cores // concurrent, unless OMP_NUM_THREADS is set):
     oversubscribed, two 2-thread trials on 2 cores ran at half the total speed of one."""
     d = Path(sweep_dir) / "trials" / key
@@ -179,6 +180,9 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
         rescore = (done.is_file() and (d / "runs" / "trial" / "model").is_dir()
                    and _same_trial(d / "params.yaml", trial, ("sweep", "evaluate")))
         before = json.loads(done.read_text()) if rescore else {}
+        # a trial cut off mid-training (its machine stopped) with the same params goes on from its last checkpoint
+        resume = (not rescore and (d / "runs" / "trial" / "checkpoint" / "state.json").is_file()
+                  and _same_trial(d / "params.yaml", trial, ("sweep", "evaluate")))
         # a rescore keeps the finished trial's files until it succeeds; a new trial starts clean
         params_file = d / ("params.rescore.yaml" if rescore else "params.yaml")
         if not rescore:
@@ -196,8 +200,10 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
             row["rescored"] = True
         else:
             out = _mvot([*common, "train", "--run", "trial", "--tokens", tokens, "--tokenizer", tokenizer, "--out",
-                         str(d / "runs"), *track], Path(root), d / "log.txt", env)
+                         str(d / "runs"), *(["--resume"] if resume else []), *track], Path(root), d / "log.txt", env)
             summary, _ = json.JSONDecoder().raw_decode(out, out.index("{\n"))  # what `mvot train` prints last
+            if "resumed_from_step" in summary:
+                row["resumed_from_step"] = summary["resumed_from_step"]
         _mvot([*common, "evaluate", "--run", "trial", "--runs", str(d / "runs"), "--tokens", tokens, "--raw",
                str(Path(root) / "data/raw"), "--out", str(d / "eval"), "--metrics", str(d / "metrics"),
                *([] if parent_run_id else ["--no-track"])], Path(root), d / "log.txt", env)

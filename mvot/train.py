@@ -181,12 +181,14 @@ def compute_losses(logits, batch, variant: str, ld_weight: float, distance, voca
 CKPT = "checkpoint"
 
 
-def save_checkpoint(directory: Path, model, optimizer, scheduler, step: int) -> None:
+def save_checkpoint(directory: Path, model, optimizer, scheduler, step: int, seconds: float = 0.0) -> None:
+    """Weights, optimizer and schedule at ``step``, and the training seconds spent to get
+    there (over every resumption), written to a temporary directory and swapped in whole."""
     tmp = directory.with_name(directory.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step}) + "\n")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "seconds": round(seconds, 1)}) + "\n")
     if directory.exists():
         import shutil
 
@@ -206,6 +208,14 @@ def load_checkpoint(directory: Path, model, optimizer, scheduler) -> int:
     except Exception as exc:  # safetensors / torch raise many kinds on a damaged file
         raise TrainError(f"{directory}: unreadable checkpoint ({type(exc).__name__}: {exc}); start without --resume") from None
     return int(state["step"])
+
+
+def checkpoint_seconds(directory: Path) -> float:
+    """Training seconds a checkpoint records (0 for one written before they were recorded)."""
+    try:
+        return float(json.loads((directory / "state.json").read_text()).get("seconds") or 0.0)
+    except (OSError, ValueError, AttributeError):
+        return 0.0
 
 
 # --------------------------------------------------------------------------------------
@@ -310,6 +320,7 @@ def train(
     step = load_checkpoint(ckpt, core, opt, sched) if resume else 0
     if resume and not ckpt.exists():
         raise TrainError(f"{ckpt}: no checkpoint to resume from")
+    start_step, prior_seconds = step, checkpoint_seconds(ckpt) if resume else 0.0
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     # the data position of micro-batch m is a pure function of m: (epoch, index in epoch)
@@ -373,7 +384,7 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{sums['loss/total']:.3f}", tok_s=f"{tokens_seen / max(1e-9, time.perf_counter() - t0):.0f}")
         if (step % cfg.checkpoint_every == 0 or step == end) and rank == 0:
-            save_checkpoint(ckpt, core, opt, sched, step)
+            save_checkpoint(ckpt, core, opt, sched, step, prior_seconds + time.perf_counter() - t0)
     if bar:
         bar.close()
     if step >= cfg.steps and rank == 0:
@@ -387,7 +398,9 @@ def train(
         import torch.distributed as dist
 
         dist.barrier()
-    return summary | {"step": step, "seconds": round(time.perf_counter() - t0, 1), "tokens": tokens_seen}
+    # seconds: the whole training, over every resumption; resumed_from_step: where this process began
+    return summary | {"step": step, "seconds": round(prior_seconds + time.perf_counter() - t0, 1), "tokens": tokens_seen} | (
+        {"resumed_from_step": start_step} if resume else {})
 
 
 def save_model(model, vocab: Vocab, tokenizer_dir: Path, directory: Path, meta: dict | None = None) -> None:

@@ -4,6 +4,7 @@ local Dask cluster, with a parent MLflow run and a child per trial."""
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,18 @@ def test_sweep_flow_parent_and_child_runs(prefect_harness, sweep_root):
     assert (trial_dir / "log.txt").read_text().count(" train --run trial") == 1  # trained once, in r
     assert [row["status"] for row in r2["rows"]] == ["ok"] * 3
     assert all(row["seeds"] == 3 for row in r2["table"])
+
+    # a trial cut off in training (no row.json, no final model, a checkpoint) resumes from the checkpoint
+    cut = sweep_root / "sweeps" / "t" / "trials" / r2["rows"][2]["trial"]
+    state = json.loads((cut / "runs" / "trial" / "checkpoint" / "state.json").read_text())
+    assert state["seconds"] > 0
+    (cut / "row.json").unlink()
+    shutil.rmtree(cut / "runs" / "trial" / "model")
+    r4 = run_sweep(str(sweep_root / "params.yaml"), ["sweep.grid.ld_weight=[1.0]", "sweep.grid.seed=[2]"], track=False)
+    (row,) = r4["rows"]
+    assert row["status"] == "ok" and row["resumed_from_step"] == state["step"], row.get("error")
+    assert row["train_seconds"] >= state["seconds"] and (cut / "runs" / "trial" / "model").is_dir()
+    assert (cut / "log.txt").read_text().count(" --resume") == 1
 
 
 @pytest.mark.slow

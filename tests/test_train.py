@@ -57,9 +57,11 @@ def test_resume_continues_exactly(tiny_tokens, raw_params, tmp_path, grid_pos):
     p = _params(raw_params, tasks=["maze"], steps=8, lr=0.003,
                 model={"d_model": 64, "n_layer": 2, "n_head": 2, "d_ff": 128, "max_len": 2048, "grid_pos": grid_pos})
     train(p, "run", tokens_dir, tok_dir, tmp_path / "full", progress=False)
-    train(p, "run", tokens_dir, tok_dir, tmp_path / "cut", stop_after=3, progress=False)
-    assert not (tmp_path / "cut" / "model").exists()
-    train(p, "run", tokens_dir, tok_dir, tmp_path / "cut", resume=True, progress=False)
+    first = train(p, "run", tokens_dir, tok_dir, tmp_path / "cut", stop_after=3, progress=False)
+    assert not (tmp_path / "cut" / "model").exists() and "resumed_from_step" not in first
+    rest = train(p, "run", tokens_dir, tok_dir, tmp_path / "cut", resume=True, progress=False)
+    # the summary counts the training seconds of both processes, and says where the second began
+    assert rest["resumed_from_step"] == 3 and rest["step"] == 8 and rest["seconds"] >= first["seconds"]
     a = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
