@@ -177,12 +177,11 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
             if any("accuracy_by_size" not in m for m in before.get("tasks", {}).values()):
                 before["tasks"] = _task_scores(d / "metrics") or before["tasks"]  # a row from before by-size scores
             return before | {"reused": True}
-        rescore = (done.is_file() and (d / "runs" / "trial" / "model").is_dir()
-                   and _same_trial(d / "params.yaml", trial, ("sweep", "evaluate")))
+        same_training = _same_trial(d / "params.yaml", trial, ("sweep", "evaluate"))
+        rescore = same_training and done.is_file() and (d / "runs" / "trial" / "model").is_dir()
         before = json.loads(done.read_text()) if rescore else {}
         # a trial cut off mid-training (its machine stopped) with the same params goes on from its last checkpoint
-        resume = (not rescore and (d / "runs" / "trial" / "checkpoint" / "state.json").is_file()
-                  and _same_trial(d / "params.yaml", trial, ("sweep", "evaluate")))
+        resume = same_training and not rescore and (d / "runs" / "trial" / "checkpoint" / "state.json").is_file()
         # a rescore keeps the finished trial's files until it succeeds; a new trial starts clean
         params_file = d / ("params.rescore.yaml" if rescore else "params.yaml")
         if not rescore:

@@ -196,7 +196,9 @@ def save_checkpoint(directory: Path, model, optimizer, scheduler, step: int, sec
     tmp.rename(directory)
 
 
-def load_checkpoint(directory: Path, model, optimizer, scheduler) -> int:
+def load_checkpoint(directory: Path, model, optimizer, scheduler) -> tuple[int, float]:
+    """Restore weights, optimizer and schedule; returns the step and the training seconds
+    recorded (0 for a checkpoint written before they were)."""
     try:
         state = json.loads((directory / "state.json").read_text())
         model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
@@ -207,15 +209,7 @@ def load_checkpoint(directory: Path, model, optimizer, scheduler) -> int:
         raise TrainError(f"{directory}: incomplete checkpoint ({exc.filename} missing); start without --resume") from None
     except Exception as exc:  # safetensors / torch raise many kinds on a damaged file
         raise TrainError(f"{directory}: unreadable checkpoint ({type(exc).__name__}: {exc}); start without --resume") from None
-    return int(state["step"])
-
-
-def checkpoint_seconds(directory: Path) -> float:
-    """Training seconds a checkpoint records (0 for one written before they were recorded)."""
-    try:
-        return float(json.loads((directory / "state.json").read_text()).get("seconds") or 0.0)
-    except (OSError, ValueError, AttributeError):
-        return 0.0
+    return int(state["step"]), float(state.get("seconds") or 0.0)
 
 
 # --------------------------------------------------------------------------------------
@@ -317,10 +311,10 @@ def train(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     ckpt = out_dir / CKPT
-    step = load_checkpoint(ckpt, core, opt, sched) if resume else 0
+    step, prior_seconds = load_checkpoint(ckpt, core, opt, sched) if resume else (0, 0.0)
     if resume and not ckpt.exists():
         raise TrainError(f"{ckpt}: no checkpoint to resume from")
-    start_step, prior_seconds = step, checkpoint_seconds(ckpt) if resume else 0.0
+    start_step = step
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     # the data position of micro-batch m is a pure function of m: (epoch, index in epoch)
