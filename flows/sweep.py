@@ -198,8 +198,8 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
             summary = {"seconds": before.get("train_seconds")}
             row["rescored"] = True
         else:
-            out = _mvot([*common, "train", "--run", "trial", "--tokens", tokens, "--tokenizer", tokenizer, "--out",
-                         str(d / "runs"), *(["--resume"] if resume else []), *track], Path(root), d / "log.txt", env)
+            out = _mvot([*common, "train", "--run", "trial", "--tokens", tokens, "--tokenizer", tokenizer, "--raw",
+                         str(Path(root) / "data/raw"), "--out", str(d / "runs"), *(["--resume"] if resume else []), *track], Path(root), d / "log.txt", env)
             summary, _ = json.JSONDecoder().raw_decode(out, out.index("{\n"))  # what `mvot train` prints last
             if "resumed_from_step" in summary:
                 row["resumed_from_step"] = summary["resumed_from_step"]

@@ -159,7 +159,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CliError(f"unknown run {unknown[0]!r}; params.yaml train.runs has: {', '.join(params.train.runs)}")
     for run in runs:
         with _tracked(args, args.experiment, args.run_name or run, args.parent_run_id) as tracker:
-            summary = train_run(params, run, args.tokens, args.tokenizer, args.out, tracker, args.log_jsonl, args.resume)
+            summary = train_run(params, run, args.tokens, args.tokenizer, args.out, tracker, args.log_jsonl, args.resume, raw_dir=args.raw)
         print(json.dumps({"run": run} | summary, indent=2))
     return 0
 
@@ -362,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run", help="one run of train.runs (default: all, one after another)")
     r.add_argument("--tokens", default="data/tokens")
     r.add_argument("--tokenizer", default="models/tokenizer")
+    r.add_argument("--raw", default="data/raw", help="the generated data, read for train.oversample's outcome labels (default: data/raw)")
     r.add_argument("--out", default="models/runs")
     r.add_argument("--resume", action="store_true", help="continue from <out>/<name>/checkpoint")
     r.add_argument("--no-track", action="store_true", help="do not log to MLflow")

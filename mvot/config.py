@@ -241,6 +241,10 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(ge=0.0, lt=1.0, description="cross-entropy label smoothing (paper: 0.1)")
     text_weight: float = Field(default=1.0, gt=0.0, le=1000.0,
                                description="weight of a text position against an image position in L_C (1 = plain average)")
+    oversample: dict[Annotated[str, Strict(), Field(min_length=1, max_length=200)], Annotated[int, Field(ge=1, le=100)]] = Field(
+        default_factory=dict, strict=False,
+        description="outcome label (`mvot outcomes`, e.g. 'B: pick-up, no printer adjacent') -> how many times each training "
+                    "instance with that outcome is seen per epoch (1 = once; empty = plain epochs)")
     augment: bool = Field(description="swap the input image for a random encode->decode variant (tokenizer.augment_max_k)")
     checkpoint_every: int = Field(ge=1, le=10_000_000, description="steps between checkpoints")
     log_every: int = Field(ge=1, le=10_000_000, description="steps between logged metrics")

@@ -26,6 +26,7 @@ def train_run(
     log_jsonl: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    raw_dir: str | Path = "data/raw",
 ) -> dict:
     tracker = tracker or NullTracker()
     cfg = params.train
@@ -50,7 +51,7 @@ def train_run(
             with Path(log_jsonl).open("a") as fh:
                 fh.write(json.dumps({"step": step} | {k: float(v) for k, v in metrics.items()}) + "\n")
 
-    summary = train(params, run, tokens_dir, tokenizer_dir, out, log=log, resume=resume, progress=progress)
+    summary = train(params, run, tokens_dir, tokenizer_dir, out, log=log, resume=resume, progress=progress, raw_dir=raw_dir)
     tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
     if (out / "model").is_dir():  # the final model (weights, config, both tokenizers) as a pyfunc model
         model_uri = tracker.log_model(out / "model")

@@ -86,6 +86,37 @@ def load_token_data(tokens_dir: str | Path, tasks, split: str, variant: str, ind
     return TokenData(seqs, initial, names, steps)
 
 
+def epoch_pool(data: TokenData, tokens_dir: str | Path, raw_dir: str | Path, oversample: dict[str, int]) -> np.ndarray:
+    """The training sequences one epoch visits, by index into ``data.seqs``: each once, or
+    ``oversample[label]`` times where its instance ended with outcome ``label``
+    (:func:`mvot.worlds.outcome`, as ``mvot outcomes`` reports it). The labels come from
+    the raw training split in ``raw_dir``, matched to the token arrays by instance id."""
+    if not oversample:
+        return np.arange(len(data.seqs))
+    from mvot.data import read_split
+    from mvot.worlds import outcome
+
+    counts, seen = [], set()
+    for task in dict.fromkeys(data.tasks):
+        ids_file = Path(tokens_dir) / task / "train" / "ids.txt"
+        ids = ids_file.read_text().split() if ids_file.is_file() else []
+        if len(ids) != data.tasks.count(task):
+            raise TrainError(f"{ids_file}: lists {len(ids)} instances for {data.tasks.count(task)} token sequences; "
+                             "run `dvc repro -f tokenize`")
+        labels = {inst.uid: outcome(inst) for inst in read_split(Path(raw_dir) / task, "train")}
+        seen |= set(labels.values())
+        missing = [u for u in ids if u not in labels]
+        if missing:
+            raise TrainError(f"{ids_file}: instance {missing[0]!r} is not in {Path(raw_dir) / task}/train.jsonl; the token arrays "
+                             "are from other data (run `dvc repro tokenize`, or pass the raw data they were made from)")
+        counts += [oversample.get(labels[u], 1) for u in ids]
+    unknown = sorted(set(oversample) - seen)
+    if unknown:
+        raise TrainError(f"train.oversample: no training instance of {', '.join(dict.fromkeys(data.tasks))} ends with outcome "
+                         f"{unknown[0]!r}; the outcomes are: {', '.join(sorted(seen))}")
+    return np.repeat(np.arange(len(counts)), np.asarray(counts, dtype=np.int64))
+
+
 def make_batches(lengths: np.ndarray, batch_tokens: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Length buckets: sort by length (ties in random order), cut greedily so that
     ``len(batch) * longest <= batch_tokens``, then shuffle the batches."""
@@ -105,7 +136,7 @@ def make_batches(lengths: np.ndarray, batch_tokens: int, rng: np.random.Generato
 
 def padding_share(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
     padded = sum(len(b) * int(lengths[b].max()) for b in batches)
-    return 1.0 - float(lengths.sum()) / padded
+    return 1.0 - float(sum(int(lengths[b].sum()) for b in batches)) / padded
 
 
 def collate(data: TokenData, idx: np.ndarray, vocab: Vocab, aug_rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
@@ -274,11 +305,13 @@ def train(
     resume: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
+    raw_dir: str | Path = "data/raw",
 ) -> dict:
     """Train run ``run`` of ``params.train.runs``; checkpoints and the final model go to ``out_dir``.
 
     ``stop_after`` ends the run after that many steps (with a checkpoint), as an
-    interruption would; ``resume`` continues from ``out_dir/checkpoint``."""
+    interruption would; ``resume`` continues from ``out_dir/checkpoint``. ``raw_dir`` (the
+    generated data) is read only for ``train.oversample``'s outcome labels."""
     cfg = params.train
     if run not in cfg.runs:
         raise TrainError(f"unknown run {run!r}; params.yaml train.runs has: {', '.join(cfg.runs)}")
@@ -294,6 +327,11 @@ def train(
         raise TrainError(f"longest training sequence has {data.lengths.max()} tokens > train.model.max_len = {cfg.model.max_len}")
     if data.lengths.max() > cfg.batch_tokens:
         raise TrainError(f"train.batch_tokens = {cfg.batch_tokens} is below the longest sequence ({data.lengths.max()} tokens)")
+    pool = epoch_pool(data, tokens_dir, raw_dir, dict(cfg.oversample))
+    pool_lengths = data.lengths[pool]
+
+    def epoch_batches_of(rng: np.random.Generator) -> list[np.ndarray]:
+        return [pool[b] for b in make_batches(pool_lengths, cfg.batch_tokens, rng)]
     world, rank, local_rank = distributed()
     dev = device(local_rank)
     model = model.to(dev)
@@ -324,16 +362,17 @@ def train(
         epoch = 0
         while True:
             if epoch not in epoch_batches:
-                epoch_batches[epoch] = make_batches(data.lengths, cfg.batch_tokens, np.random.default_rng([params.seed, epoch]))
+                epoch_batches[epoch] = epoch_batches_of(np.random.default_rng([params.seed, epoch]))
             if m < len(epoch_batches[epoch]):
                 return epoch_batches[epoch][m], np.random.default_rng([params.seed, epoch, m])
             m -= len(epoch_batches[epoch])
             epoch += 1
 
-    first = make_batches(data.lengths, cfg.batch_tokens, np.random.default_rng([params.seed, 0]))
+    first = epoch_batches_of(np.random.default_rng([params.seed, 0]))
     summary = count_parameters(core) | {
         "processes": world,
         "sequences": len(data.seqs),
+        "sequences_per_epoch": len(pool),
         "batches_per_epoch": len(first),
         "padding_share": round(padding_share(data.lengths, first), 4),
         "device": dev.type,

@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import load_file
 
 from mvot.config import parse_params
-from mvot.train import TrainError, load_token_data, make_batches, padding_share, train
+from mvot.train import TrainError, epoch_pool, load_token_data, make_batches, padding_share, train
 from tests.conftest import tiny_tokenizer_raw
 
 
@@ -84,6 +84,44 @@ def test_loss_terms_follow_the_variant(tiny_tokens, raw_params, tmp_path):
     assert seen[("mvot", 1.0)]["loss/image_ce"] > 0 and seen[("mvot", 1.0)]["loss/ld"] > 0
     assert seen[("interleaved", 0.0)]["loss/image_ce"] == 0 and "loss/ld" not in seen[("interleaved", 0.0)]
     assert "loss/ld" not in seen[("mvot", 0.0)] and seen[("mvot", 0.0)]["loss/image_ce"] > 0
+
+
+def test_oversample_repeats_the_named_outcomes(tiny_tokens, tiny_generated, raw_params, tmp_path):
+    from mvot.data import read_split
+    from mvot.worlds import outcome
+
+    _, tok_dir, tokens_dir = tiny_tokens
+    raw = tiny_generated[0] / "raw"
+    data = load_token_data(tokens_dir, ["minibehavior", "maze"], "train", "cot")
+    assert epoch_pool(data, tokens_dir, raw, {}).tolist() == list(range(len(data.seqs)))
+    labels = [outcome(i) for i in read_split(raw / "minibehavior", "train")]
+    kind = "B: pick-up, no printer adjacent"
+    assert kind in labels
+    pool = epoch_pool(data, tokens_dir, raw, {kind: 3, "A: put down on the table": 2})
+    seen = np.bincount(pool, minlength=len(data.seqs))
+    want = [{kind: 3, "A: put down on the table": 2}.get(lab, 1) for lab in labels] + [1] * (len(data.seqs) - len(labels))
+    assert seen.tolist() == want and 3 in want and 2 in want
+    with pytest.raises(TrainError, match="no training instance of minibehavior, maze ends with outcome 'B: pick-up'; the outcomes are: A, A: put down"):
+        epoch_pool(data, tokens_dir, raw, {"B: pick-up": 2})
+    # token arrays from other data than the raw split: named, with the fix
+    other = tmp_path / "tokens"
+    import shutil
+
+    shutil.copytree(tokens_dir / "maze", other / "maze")
+    (other / "maze" / "train" / "ids.txt").write_text("x\n" * len(load_token_data(other, ["maze"], "train", "cot").seqs))
+    maze = load_token_data(other, ["maze"], "train", "cot")
+    with pytest.raises(TrainError, match="instance 'x' is not in .*maze/train.jsonl"):
+        epoch_pool(maze, other, raw, {"D": 2})
+    (other / "maze" / "train" / "ids.txt").write_text("x\n")
+    with pytest.raises(TrainError, match="lists 1 instances for .* token sequences; run `dvc repro -f tokenize`"):
+        epoch_pool(maze, other, raw, {"D": 2})
+    # training takes the repeats: an epoch has more batches, and a run trains
+    p = _params(raw_params, tasks=["minibehavior"], steps=2, variant="cot", ld_weight=0.0, oversample={kind: 4})
+    plain = train(_params(raw_params, tasks=["minibehavior"], steps=2, variant="cot", ld_weight=0.0), "run", tokens_dir, tok_dir,
+                  tmp_path / "plain", progress=False, raw_dir=raw)
+    more = train(p, "run", tokens_dir, tok_dir, tmp_path / "more", progress=False, raw_dir=raw)
+    assert more["sequences_per_epoch"] == plain["sequences"] + 3 * labels.count(kind) == plain["sequences_per_epoch"] + 3 * labels.count(kind)
+    assert more["batches_per_epoch"] > plain["batches_per_epoch"] and (tmp_path / "more" / "model").is_dir()
 
 
 def test_bad_resume_and_limits(tiny_tokens, raw_params, tmp_path):
