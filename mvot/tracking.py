@@ -12,6 +12,7 @@ Library code never branches on whether tracking is on: it receives a tracker obj
 from __future__ import annotations
 
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -62,6 +63,13 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def mlflow_key(key: str) -> str:
+    """``key`` with each character MLflow refuses in a param or metric name (it allows
+    letters, digits and ``_-. :/``) replaced by ``_``: ``train.oversample`` keys are outcome
+    labels such as "B: pick-up, no printer adjacent"."""
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", key)
+
+
 def dvc_out_hashes(paths: list[str], lock: str | Path = "dvc.lock") -> dict[str, str]:
     """The md5 DVC recorded in ``dvc.lock`` for each output path (the data version), read as
     YAML without importing DVC; paths DVC does not track are left out."""
@@ -109,7 +117,7 @@ class MlflowTracker(NullTracker):
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         flat = flatten(params)
-        items = list(flat.items())
+        items = [(mlflow_key(k), v) for k, v in flat.items()]
         for i in range(0, len(items), 100):  # one batched call per 100 params
             self._mlflow.log_params(dict(items[i : i + 100]))
 

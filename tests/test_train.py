@@ -146,20 +146,24 @@ def test_cli_train_logs_to_mlflow(tiny_tokens, tiny_generated, raw_params, tmp_p
     _, tok_dir, tokens_dir = tiny_tokens
     raw = tiny_tokenizer_raw(raw_params)
     raw["train"] |= {"tasks": ["maze"], "steps": 3, "log_every": 1, "warmup": 1, "batch_tokens": 4096,
-                     "model": {"d_model": 32, "n_layer": 1, "n_head": 2, "d_ff": 64, "max_len": 2048}}
+                     "model": {"d_model": 32, "n_layer": 1, "n_head": 2, "d_ff": 64, "max_len": 2048}, "oversample": {"A": 2}}
     raw["train"]["runs"] = {"mvot": {"variant": "mvot", "ld_weight": 1.0}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     code = main(["--params", str(tmp_path / "params.yaml"), "train", "--tokens", str(tokens_dir), "--tokenizer", str(tok_dir),
-                 "--out", str(tmp_path / "runs")])
+                 "--raw", str(tiny_generated[0] / "raw"), "--out", str(tmp_path / "runs")])
     assert code == 0
     assert (tmp_path / "runs" / "mvot" / "model" / "model.safetensors").is_file()
     assert (tmp_path / "runs" / "mvot" / "model" / "tokenizer" / "vocab.json").is_file()
     client = MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name("train").experiment_id])[0]
     assert run.data.tags["variant"] == "mvot" and run.data.tags["ld_distance"] == "euclidean" and run.data.tags["run"] == "mvot"
-    assert run.data.params["train.model.d_model"] == "32"
+    assert run.data.params["train.model.d_model"] == "32" and run.data.params["train.oversample.A"] == "2"
+    # outcome labels as param keys: MLflow refuses the comma of MINIBEHAVIOR's
+    from mvot.tracking import mlflow_key
+
+    assert mlflow_key("train.oversample.B: pick-up, no printer adjacent") == "train.oversample.B: pick-up_ no printer adjacent"
     history = client.get_metric_history(run.info.run_id, "loss/total")
     assert [m.step for m in history] == [1, 2, 3]
     assert "loss/ld" in run.data.metrics and "padding_share" in run.data.metrics
