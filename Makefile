@@ -39,8 +39,13 @@ table: setup
 	$(PY) -m flows.sweep --profile table-minibehavior --set sweep.name=table-minibehavior-7200 --set "sweep.grid.variant=[mvot]" \
 	    --set "sweep.grid.ld_weight=[1.0]" --set train.model.grid_pos=0 --set train.model.step_pos=0 \
 	    --set train.model.pretrained=$(CURDIR)/sweeps/table-minibehavior-4800/trials/mvot-w1-euclidean-mean-p16-s0/runs/trial/model
+	# 1,800 steps more from that model with the failed-adjacency instances shown 3 and 6 times an epoch: no better
+	for f in 3 6; do $(PY) -m flows.sweep --profile table-minibehavior --set sweep.name=table-minibehavior-over$$f \
+	    --set "sweep.grid.variant=[mvot]" --set "sweep.grid.ld_weight=[1.0]" --set train.steps=1800 --set train.model.grid_pos=0 \
+	    --set train.model.step_pos=0 --set train.model.pretrained=$(CURDIR)/sweeps/table-minibehavior-7200/trials/mvot-w1-euclidean-mean-p16-s0/runs/trial/model \
+	    --set "train.oversample={\"B: pick-up, no printer adjacent\": $$f, \"C: put-down, no table adjacent\": $$f}" || exit 1; done
 	mvot report sweeps/table-frozenlake sweeps/table-frozenlake-4800 sweeps/table-maze sweeps/table-maze-4800 sweeps/table-minibehavior sweeps/table-minibehavior-from-cot sweeps/table-minibehavior-4800 sweeps/table-minibehavior-7200 --plots plots --track
-	mvot outcomes sweeps/table-minibehavior sweeps/table-minibehavior-from-cot sweeps/table-minibehavior-4800 sweeps/table-minibehavior-7200
+	mvot outcomes sweeps/table-minibehavior sweeps/table-minibehavior-from-cot sweeps/table-minibehavior-4800 sweeps/table-minibehavior-7200 sweeps/table-minibehavior-over3 sweeps/table-minibehavior-over6
 	# the compactness study: 1/4 and 4 image tokens per cell beside the table's 1
 	$(PY) -m flows.sweep --profile table-frozenlake-compact
 	mvot compactness sweeps/table-frozenlake sweeps/table-frozenlake-compact --plots plots --track
