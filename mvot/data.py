@@ -184,6 +184,13 @@ def read_split(task_dir: str | Path, split: str) -> list[Instance]:
     return out
 
 
+def split_outcomes(task_dir: str | Path, split: str) -> dict[str, str]:
+    """Instance id -> how its episode ended (:func:`mvot.worlds.outcome`), for one split."""
+    from mvot.worlds import outcome
+
+    return {inst.uid: outcome(inst) for inst in read_split(task_dir, split)}
+
+
 def iter_images(task_dir: str | Path, split: str) -> Iterator[tuple[str, Image.Image]]:
     """``(name, image)`` for every frame of a split, in file order."""
     path = Path(task_dir) / f"{split}.images.zip"

@@ -336,8 +336,7 @@ def outcome_table(sweep_dirs: list[str | Path], data_dir: str | Path = "data/raw
     predictions and the test split in ``data_dir`` they were scored on. Answers which rule
     the misses break: on MINIBEHAVIOR, those read off the inventory line or those that need
     the picture (is the printer, or a table cell, next to the agent?)."""
-    from mvot.data import read_split
-    from mvot.worlds import outcome
+    from mvot.data import split_outcomes
 
     labels = {(v, ld): lab for v, ld, lab, _ in ROWS}
     rank = {lab: i for i, lab in enumerate(labels.values())}
@@ -349,7 +348,7 @@ def outcome_table(sweep_dirs: list[str | Path], data_dir: str | Path = "data/raw
                 if task and name != task:
                     continue
                 if name not in tests:
-                    tests[name] = {inst.uid: outcome(inst) for inst in read_split(Path(data_dir) / name, "test")}
+                    tests[name] = split_outcomes(Path(data_dir) / name, "test")
                 preds = Path(t["_dir"]) / "eval" / "trial" / name / "predictions.jsonl"
                 if not preds.is_file():
                     raise ReportError(f"{preds}: missing; the trial's evaluation did not finish (rerun its sweep)")

@@ -93,17 +93,15 @@ def epoch_pool(data: TokenData, tokens_dir: str | Path, raw_dir: str | Path, ove
     the raw training split in ``raw_dir``, matched to the token arrays by instance id."""
     if not oversample:
         return np.arange(len(data.seqs))
-    from mvot.data import read_split
-    from mvot.worlds import outcome
+    from mvot.data import split_outcomes
 
     counts, seen = [], set()
     for task in dict.fromkeys(data.tasks):
         ids_file = Path(tokens_dir) / task / "train" / "ids.txt"
         ids = ids_file.read_text().split() if ids_file.is_file() else []
-        if len(ids) != data.tasks.count(task):
-            raise TrainError(f"{ids_file}: lists {len(ids)} instances for {data.tasks.count(task)} token sequences; "
-                             "run `dvc repro -f tokenize`")
-        labels = {inst.uid: outcome(inst) for inst in read_split(Path(raw_dir) / task, "train")}
+        if len(ids) != (n := data.tasks.count(task)):
+            raise TrainError(f"{ids_file}: lists {len(ids)} instances for {n} token sequences; run `dvc repro -f tokenize`")
+        labels = split_outcomes(Path(raw_dir) / task, "train")
         seen |= set(labels.values())
         missing = [u for u in ids if u not in labels]
         if missing:
@@ -356,7 +354,8 @@ def train(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     # the data position of micro-batch m is a pure function of m: (epoch, index in epoch)
-    epoch_batches: dict[int, list[np.ndarray]] = {}
+    first = epoch_batches_of(np.random.default_rng([params.seed, 0]))
+    epoch_batches: dict[int, list[np.ndarray]] = {0: first}
 
     def batch_at(m: int) -> tuple[np.ndarray, np.random.Generator]:
         epoch = 0
@@ -368,7 +367,6 @@ def train(
             m -= len(epoch_batches[epoch])
             epoch += 1
 
-    first = epoch_batches_of(np.random.default_rng([params.seed, 0]))
     summary = count_parameters(core) | {
         "processes": world,
         "sequences": len(data.seqs),
