@@ -414,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_solve)
 
     rp = sub.add_parser("report", help="the results table (markdown) of finished sweeps: every row of the paper per task")
-    rp.add_argument("sweeps", nargs="+", help="sweep directories, e.g. sweeps/table-frozenlake")
+    rp.add_argument("sweeps", nargs="+", help="sweep directories, e.g. sweeps/table-frozenlake; A+B reads sweeps A and B as one (seeds run as separate sweeps)")
     rp.add_argument("--patch-px", type=int, default=16, help="the tokens-per-image setting to tabulate (default: 16)")
     rp.add_argument("--plots", help="also write accuracy-by-grid-size CSVs (DVC plots), their figure and the trials' training curves here, e.g. plots")
     rp.add_argument("--track", action="store_true",

@@ -7,7 +7,8 @@ each sweep's finished trials (``trials/*/row.json`` and ``params.yaml``), aggreg
 CoT trials for the upper bound and the combined predictor (``mvot.sweep.combine_trials``)
 and prints one markdown table, with model size, tokens per image and steps per sweep.
 Reading trials rather than a sweep's summary lets one table merge sweeps that ran
-different rows (a row that several sweeps ran is listed once per sweep). Nothing is typed
+different rows (a row that several sweeps ran is listed once per sweep); ``A+B`` reads
+sweeps A and B as one, so seeds run as separate sweeps share a line and its spread. Nothing is typed
 by hand: the README's table is this command's output. With ``--plots DIR`` it also writes
 ``DIR/table_by_size_<task>.csv`` (accuracy per grid size, one column per row of the
 paper, mean over seeds): the DVC plots of the table (``dvc plots show``), the figure
@@ -94,13 +95,27 @@ def _sweep_facts(trials: list[dict]) -> dict:
 
 
 def _sweeps(sweep_dirs: list[str | Path]) -> list[tuple[Path, list[dict]]]:
+    """(sweep, finished trials) per argument. ``A+B`` (directories joined by ``+``) reads
+    sweeps A and B as one, named ``A+B``: seeds of one row run as separate sweeps (say
+    ``table-minibehavior`` and ``table-minibehavior-cot-s1``) then share one line of the
+    table with their spread. A trial found in two of them is an error, not counted twice."""
     out = []
-    for d in map(Path, sweep_dirs):
-        trials = load_trials(d)
-        if not trials:
-            raise ReportError(f"{d}: no finished trial (trials/*/row.json with status ok); run the sweep "
-                              "(python -m flows.sweep ...) first")
-        out.append((d, trials))
+    for arg in sweep_dirs:
+        parts = [Path(arg)] if Path(arg).is_dir() or "+" not in str(arg) else [Path(p) for p in str(arg).split("+")]
+        trials: list[dict] = []
+        seen: dict[str, Path] = {}
+        for d in parts:
+            mine = load_trials(d)
+            if not mine:
+                raise ReportError(f"{d}: no finished trial (trials/*/row.json with status ok); run the sweep "
+                                  "(python -m flows.sweep ...) first")
+            for t in mine:
+                if t["trial"] in seen:
+                    raise ReportError(f"trial {t['trial']} is in both {seen[t['trial']]} and {d}; "
+                                      "join sweeps with '+' only where they ran different seeds or rows")
+                seen[t["trial"]] = d
+            trials += mine
+        out.append((Path("+".join(p.name for p in parts)) if len(parts) > 1 else parts[0], trials))
     return out
 
 

@@ -347,6 +347,17 @@ def test_report_tabulates_the_paper_rows_with_seed_spread(raw_params, tmp_path):
     csv_file, _ = by_size_tables([d, e], tmp_path / "plots")
     assert csv_file.read_text().splitlines()[0] == "size,CoT,MVoT (L_D 1.0),MVoT (L_D 1.0) [table-maze-from-cot]"
 
+    # seeds run as separate sweeps share one line when joined with '+'; a trial in both is refused
+    f = tmp_path / "table-maze-cot-s2"
+    _report_trial(f, raw_params, "cot", 0.0, 2, 60.0, cot)
+    md = results_table([f"{d}+{f}"])
+    assert "| maze | CoT | table-maze+table-maze-cot-s2 | 3 | 50.0 ± 10.0 | - |" in md
+    assert md.count("| maze | CoT |") == 1
+    with pytest.raises(ReportError, match="is in both"):
+        results_table([f"{d}+{d}"])
+    with pytest.raises(ReportError, match="no finished trial"):
+        results_table([f"{d}+{tmp_path / 'nothing'}"])
+
 
 def test_outcomes_split_accuracy_by_the_rule_that_ended_the_episode(raw_params, tmp_path):
     import json
