@@ -138,10 +138,21 @@ class TaskRender(_Section):
     cell_px: int = Field(ge=8, le=128, multiple_of=4, description="pixels per grid cell")
 
 
+class MiniBehaviorRender(TaskRender):
+    reach: bool = Field(
+        default=False,
+        description=(
+            "frame the agent's reach, the four cells next to it where pick-up and put-down act, in yellow "
+            "(MiniGrid highlights the agent's view likewise); whether the printer or a table cell is next to "
+            "the agent is then one cell's drawing. Off: the drawing of results measured before issue 7's reach study"
+        ),
+    )
+
+
 class RenderConfig(_Section):
     frozenlake: TaskRender
     maze: TaskRender
-    minibehavior: TaskRender
+    minibehavior: MiniBehaviorRender
 
     def task(self, task: str) -> TaskRender:
         return getattr(self, task)

@@ -26,7 +26,10 @@ Legend:
   head marks the agent).
 * MINIBEHAVIOR: dark walls, beige floor, brown table, teal furniture,
   violet printer (white paper on top), red triangle = agent (with a printer
-  badge while carrying it).
+  badge while carrying it). With ``render.minibehavior.reach`` the agent's *reach*, the
+  four cells next to it where pick-up and put-down act, is framed in yellow (like
+  MiniGrid's highlighted view), so "is the printer / a table cell next to the agent" is
+  one cell's drawing (``printer_reach``, ``table_reach``) instead of two cells' positions.
 """
 
 from __future__ import annotations
@@ -118,9 +121,21 @@ class _MiniBehaviorPainter:
     FURNITURE: RGB = (60, 125, 135)
     PRINTER: RGB = (110, 60, 160)
     PAPER: RGB = (252, 252, 252)
-    KEYS = ("wall", "floor", "table", "furniture", "printer", "printer_on_table", "agent", "agent_carrying")
+    REACH: RGB = (255, 205, 0)
+    KINDS = ("wall", "floor", "table", "furniture", "printer", "printer_on_table", "agent", "agent_carrying")
+    REACHABLE = ("wall", "floor", "table", "furniture", "printer", "printer_on_table")  # what a cell next to the agent can hold
+    SUFFIX = "_reach"
+
+    def __init__(self, reach: bool = False):
+        self.reach = reach
+
+    @classmethod
+    def kind(cls, key: Key) -> str:
+        """What a cell holds, whether or not it is in the agent's reach."""
+        return key.removesuffix(cls.SUFFIX)
 
     def keys(self, s: MiniBehaviorState) -> dict[Cell, Key]:
+        around = {(s.agent[0] + dr, s.agent[1] + dc) for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1))} if self.reach else set()
         out: dict[Cell, Key] = {}
         for r in range(s.size):
             for c in range(s.size):
@@ -137,11 +152,11 @@ class _MiniBehaviorPainter:
                     k = "furniture"
                 else:
                     k = "floor"
-                out[cell] = k
+                out[cell] = k + self.SUFFIX if cell in around else k
         return out
 
     def all_keys(self) -> list[Key]:
-        return list(self.KEYS)
+        return [*self.KINDS, *(k + self.SUFFIX for k in self.REACHABLE if self.reach)]
 
     def _printer(self, d: ImageDraw.ImageDraw, box: tuple[int, int, int, int], px: int) -> None:
         x0, y0, x1, y1 = box
@@ -151,32 +166,36 @@ class _MiniBehaviorPainter:
 
     def draw(self, d: ImageDraw.ImageDraw, key: Key, px: int) -> None:
         full = [0, 0, px - 1, px - 1]
-        if key == "wall":
+        kind = self.kind(key)
+        if kind == "wall":
             d.rectangle(full, fill=self.WALL)
             d.line([0, px // 2, px - 1, px // 2], fill=(85, 85, 95))
-            return
-        d.rectangle(full, fill=self.FLOOR, outline=self.FLOOR_LINE)
+        else:
+            d.rectangle(full, fill=self.FLOOR, outline=self.FLOOR_LINE)
         m = _unit(px, 0.15)
-        if key in ("table", "printer_on_table"):
+        if kind in ("table", "printer_on_table"):
             d.rectangle(full, fill=self.TABLE, outline=self.TABLE_EDGE)
-        if key == "furniture":
+        if key != kind:  # in reach: a yellow frame under what stands in the cell
+            d.rectangle(full, outline=self.REACH, width=_unit(px, 0.125))
+        if kind == "furniture":
             d.rectangle([m // 2, m // 2, px - 1 - m // 2, px - 1 - m // 2], fill=self.FURNITURE)
             d.line([m, px // 2, px - 1 - m, px // 2], fill=(30, 70, 80), width=_unit(px, 0.08))
-        if key in ("printer", "printer_on_table"):
+        if kind in ("printer", "printer_on_table"):
             self._printer(d, (m // 2, m // 2, px - 1 - m // 2, px - 1 - m // 2), px)
-        if key in ("agent", "agent_carrying"):
+        if kind in ("agent", "agent_carrying"):
             d.polygon([(px // 2, m), (px - 1 - m, px - 1 - m), (m, px - 1 - m)], fill=RED)
-            if key == "agent_carrying":
+            if kind == "agent_carrying":
                 b = px // 2
                 self._printer(d, (b, b, px - 1, px - 1), px)
 
     def assemble(self, keys: dict[Cell, Key], n: int, agent_score: dict[Cell, float]) -> MiniBehaviorState:
-        table = tuple(sorted(c for c, k in keys.items() if k in ("table", "printer_on_table")))
-        furniture = tuple(sorted(c for c, k in keys.items() if k == "furniture"))
-        agents = [c for c, k in keys.items() if k in ("agent", "agent_carrying")]
+        kinds = {c: self.kind(k) for c, k in keys.items()}
+        table = tuple(sorted(c for c, k in kinds.items() if k in ("table", "printer_on_table")))
+        furniture = tuple(sorted(c for c, k in kinds.items() if k == "furniture"))
+        agents = [c for c, k in kinds.items() if k in ("agent", "agent_carrying")]
         agent = agents[0] if len(agents) == 1 else min(agent_score, key=agent_score.get)
-        printers = [c for c, k in keys.items() if k in ("printer", "printer_on_table")]
-        printer = None if keys.get(agent) == "agent_carrying" or not printers else printers[0]
+        printers = [c for c, k in kinds.items() if k in ("printer", "printer_on_table")]
+        printer = None if kinds.get(agent) == "agent_carrying" or not printers else printers[0]
         return MiniBehaviorState(n, table, furniture, agent, printer)
 
     def agent_score(self, costs: dict[Key, np.ndarray]) -> np.ndarray:
@@ -309,22 +328,27 @@ PAINTERS = {"frozenlake": _FrozenLakePainter, "maze": _MazePainter, "minibehavio
 class Renderer:
     """Draws and reads the states of one task at a fixed geometry.
 
-    ``sizes`` are the grid sides ``parse`` may read back (default: every side that fits).
+    ``sizes`` are the grid sides ``parse`` may read back (default: every side that fits);
+    ``reach`` frames MINIBEHAVIOR's cells next to the agent (``render.minibehavior.reach``).
     """
 
-    def __init__(self, task: str, cell_px: int, canvas_cells: int, sizes: tuple[int, ...] | None = None):
+    def __init__(self, task: str, cell_px: int, canvas_cells: int, sizes: tuple[int, ...] | None = None,
+                 reach: bool = False):
         if task not in PAINTERS:
             raise ValueError(f"unknown task {task!r}; known: {', '.join(PAINTERS)}")
+        if reach and task != "minibehavior":
+            raise ValueError(f"`reach` frames the cells next to MINIBEHAVIOR's agent; {task} has no such drawing")
         self.task = task
         self.cell_px = int(cell_px)
         self.canvas_cells = int(canvas_cells)
         self.sizes = tuple(sorted(sizes)) if sizes else tuple(range(2, self.canvas_cells + 1))
-        self.painter = PAINTERS[task]()
+        self.painter = PAINTERS[task](reach) if reach else PAINTERS[task]()
         self._patches: dict[Key, np.ndarray] = {}
 
     @classmethod
     def from_params(cls, params, task: str) -> Renderer:
-        return cls(task, params.render.task(task).cell_px, params.canvas_cells(task), params.generate.task(task).sizes)
+        cfg = params.render.task(task)
+        return cls(task, cfg.cell_px, params.canvas_cells(task), params.generate.task(task).sizes, reach=getattr(cfg, "reach", False))
 
     @property
     def image_size(self) -> int:

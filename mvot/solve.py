@@ -54,7 +54,7 @@ def renderer_of(lm: LoadedModel, task: str) -> Renderer:
     geo = (lm.meta.get("render") or {}).get(task)
     if not geo:
         raise SolveError(f"{lm.directory}: the model was not trained on {task!r} (it knows {lm.meta.get('tasks')})")
-    return Renderer(task, geo["cell_px"], geo["canvas_cells"], tuple(geo["sizes"]))
+    return Renderer(task, geo["cell_px"], geo["canvas_cells"], tuple(geo["sizes"]), reach=bool(geo.get("reach", False)))
 
 
 def read_instances(path: str | Path) -> list[Instance]:

@@ -419,7 +419,7 @@ def train(
     if bar:
         bar.close()
     if step >= cfg.steps and rank == 0:
-        geometry = {t: {"cell_px": params.render.task(t).cell_px, "canvas_cells": params.canvas_cells(t),
+        geometry = {t: params.render.task(t).model_dump() | {"canvas_cells": params.canvas_cells(t),
                         "sizes": list(params.generate.task(t).sizes)} for t in cfg.tasks}
         meta = {"run": run, "variant": spec.variant, "ld_weight": spec.ld_weight, "tasks": list(cfg.tasks), "steps": step,
                 "index_hints": params.tokenize.index_hints,

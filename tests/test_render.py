@@ -110,3 +110,34 @@ def test_parse_never_raises(task, img, params):
     assert state.size in r.sizes
     n, keys = r.read_cells(img)
     assert len(keys) == n * n
+
+
+def test_reach_frames_exactly_the_four_cells_next_to_the_agent(params):
+    """MINIBEHAVIOR's reach (render.minibehavior.reach): a cell is drawn framed iff it is
+    up, down, left or right of the agent, whatever it holds; the frame is read back and
+    the state parses the same."""
+    from mvot.worlds.minibehavior import MiniBehaviorState
+
+    plain = Renderer("minibehavior", 16, 10, (7, 8, 9, 10))
+    framed = Renderer("minibehavior", 16, 10, (7, 8, 9, 10), reach=True)
+    # agent at (2, 2); printer above it, table to its right (and below that), furniture below
+    s = MiniBehaviorState(7, table=((2, 3), (3, 3)), furniture=((3, 2),), agent=(2, 2), printer=(1, 2))
+    cells = framed.cells(s)
+    assert {c for c, k in cells.items() if k.endswith("_reach")} == {(1, 2), (3, 2), (2, 1), (2, 3)}
+    assert cells[(1, 2)] == "printer_reach" and cells[(2, 3)] == "table_reach" and cells[(3, 2)] == "furniture_reach"
+    assert cells[(3, 3)] == "table" and cells[(2, 2)] == "agent"
+    assert {c: framed.painter.kind(k) for c, k in cells.items()} == plain.cells(s)
+    # against a wall: the wall cell is framed too
+    edge = MiniBehaviorState(7, table=((4, 4), (4, 5)), furniture=(), agent=(1, 1), printer=None)
+    assert framed.cells(edge)[(0, 1)] == "wall_reach" and framed.cells(edge)[(1, 1)] == "agent_carrying"
+    for st_ in (s, edge):
+        assert framed.read_cells(framed.render(st_))[1] == framed.cells(st_)
+        assert framed.parse(framed.render(st_)) == st_
+    # the frame is drawn: a framed floor cell's corner pixel is the frame's yellow
+    assert tuple(framed.patch("floor_reach")[0, 0]) == framed.painter.REACH
+    assert not (framed.render_array(s) == plain.render_array(s)).all()
+
+
+def test_reach_is_only_for_minibehavior():
+    with pytest.raises(ValueError, match="reach"):
+        Renderer("maze", 16, 6, reach=True)
