@@ -91,3 +91,16 @@ def test_prompt_follows_the_models_index_hints(tiny_overfit):
     assert f"Full Action Sequence: {first}" in text(lm)
     hinted = dataclasses.replace(lm, meta=lm.meta | {"index_hints": True})
     assert f"Full Action Sequence: 1: {first}" in text(hinted)
+
+
+def test_renderer_follows_the_models_drawing(tmp_path):
+    """A model trained with MINIBEHAVIOR's reach frames is read with them; a model saved
+    before the field existed is read without."""
+    from mvot.generate import LoadedModel
+    from mvot.solve import renderer_of
+
+    geo = {"cell_px": 16, "canvas_cells": 10, "sizes": [7, 8, 9, 10]}
+    framed = LoadedModel(None, None, None, tmp_path, {"render": {"minibehavior": geo | {"reach": True}}})
+    older = LoadedModel(None, None, None, tmp_path, {"render": {"minibehavior": geo}})
+    assert "floor_reach" in renderer_of(framed, "minibehavior").painter.all_keys()
+    assert "floor_reach" not in renderer_of(older, "minibehavior").painter.all_keys()
