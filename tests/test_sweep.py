@@ -27,6 +27,15 @@ def test_grid_leaves_out_invalid_and_duplicate_trials(raw_params):
     assert p.seed == 1 and p.train.ld.distance == "mse" and dict(p.train.runs)["trial"].ld_weight == 1.0
 
 
+def test_each_seed_starts_from_its_own_pretrained_model(raw_params):
+    raw = copy.deepcopy(raw_params)
+    raw["train"]["model"] = raw["train"]["model"] | {"pretrained": "/m/cot-s{seed}/model", "grid_pos": 0, "step_pos": 0}
+    raw["sweep"] = {"grid": {"variant": ["mvot"], "ld_weight": [1.0], "seed": [0, 2]}}
+    grid, _ = trials(parse_params(raw))
+    assert [parse_params(trial_raw(raw, t)).train.model.pretrained for t in grid] == ["/m/cot-s0/model", "/m/cot-s2/model"]
+    assert raw["train"]["model"]["pretrained"] == "/m/cot-s{seed}/model"  # the sweep's own params untouched
+
+
 def test_aggregate_mean_and_spread_over_seeds():
     base = {"variant": "mvot", "ld_weight": 1.0, "ld_distance": "euclidean", "ld_reduction": "mean", "patch_px": 16}
     rows = [base | {"seed": s, "status": "ok", "train_seconds": 10.0 * (s + 1),
