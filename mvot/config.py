@@ -182,6 +182,11 @@ class TokenizeConfig(_Section):
     )
     cot_layout_text: bool = Field(description="CoT traces start with a text description of the layout")
     index_hints: bool = Field(default=False, description="number the question's actions and the response's steps (1: Go up.)")
+    inventory_after_image: bool = Field(
+        default=False,
+        description=("MINIBEHAVIOR's drawn steps (interleaved, mvot) write the inventory after the step's image, not before it: "
+                     "`Pick up printer_0. <image> Carrying objects: printer_0.`; the picture shows the outcome, the text reads it"),
+    )
 
 
 class ModelConfig(_Section):

@@ -152,15 +152,21 @@ def cot_step(inst: Instance, k: int) -> str:
     return text
 
 
-def mvot_step(inst: Instance, k: int) -> str:
+def mvot_step(inst: Instance, k: int, inventory: bool = True) -> str:
+    """Text of the k-th drawn step: the action, and in MINIBEHAVIOR (unless ``inventory`` is
+    false: it then follows the image) the inventory after it."""
     text = action_text(inst.task, inst.actions[k - 1])
-    if inst.task == "minibehavior":
+    if inst.task == "minibehavior" and inventory:
         text += " " + inst.states[k].inventory_text()
     return text
 
 
-def build(inst: Instance, variant: str, layout_text: bool = False, index_hints: bool = False) -> Trace:
-    """The sequence of ``variant`` for one instance."""
+def build(inst: Instance, variant: str, layout_text: bool = False, index_hints: bool = False,
+          inventory_after_image: bool = False) -> Trace:
+    """The sequence of ``variant`` for one instance. ``inventory_after_image``: MINIBEHAVIOR's
+    drawn steps write the inventory after the step's image (``Pick up printer_0. <image>
+    Carrying objects: printer_0.``), so that the picture shows the action's outcome first and
+    the text reads it off the picture; by default it comes before the image."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     hint = lambda k: _hint(k, index_hints)  # noqa: E731
@@ -173,9 +179,12 @@ def build(inst: Instance, variant: str, layout_text: bool = False, index_hints: 
         steps = " ".join(hint(k) + cot_step(inst, k) for k in range(1, inst.n_steps + 1))
         parts.append(out(f"{lead}{steps} {final_text(inst)}"))
     else:
+        after = inventory_after_image and inst.task == "minibehavior"
         for k in range(1, inst.n_steps + 1):
-            parts.append(out(("" if k == 1 else " ") + hint(k) + mvot_step(inst, k) + " "))
+            parts.append(out(("" if k == 1 else " ") + hint(k) + mvot_step(inst, k, inventory=not after) + " "))
             parts.append(Part("image", state=k, output=True))
+            if after:
+                parts.append(out(" " + inst.states[k].inventory_text()))
         parts.append(out(" " + final_text(inst)))
     return Trace(variant, tuple(parts))
 

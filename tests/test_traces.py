@@ -63,3 +63,27 @@ def test_index_hints_number_the_actions_and_the_steps():
     assert "Response: 1: Go down. The agent moves to" in cot and " 2: Go left. The agent" in cot
     assert traces.build(inst, "direct", index_hints=True).text().endswith("<image 0>\nResponse: The answer is C.")
     assert traces.question_for("maze", ("down", "left")) == traces.question(inst)  # off by default: the paper's prompt
+
+
+def test_minibehavior_inventory_after_the_image():
+    """tokenize.inventory_after_image: the picture of a step comes before its inventory line,
+    so a failed pick-up is drawn first and read off after; other tasks and CoT unchanged."""
+    from mvot.worlds import minibehavior as mb
+
+    room = mb.MiniBehaviorState(7, table=((3, 4),), furniture=(), agent=(2, 2), printer=(2, 3))
+    states, ans = mb.run(room, ("pickup", "down", "pickup"))
+    assert ans == "B"
+    inst = Instance("minibehavior", "r", ("pickup", "down", "pickup"), states, ans)
+    response = lambda t: t.text().split("\nResponse: ")[1]  # noqa: E731
+    assert response(traces.build(inst, "mvot")) == (
+        "Pick up printer_0. Carrying objects: printer_0. <image 1> Go down. Carrying objects: printer_0. <image 2> "
+        "Pick up printer_0. Carrying objects: printer_0. <image 3> Action sequence finished. The answer is B."
+    )
+    assert response(traces.build(inst, "mvot", inventory_after_image=True)) == (
+        "Pick up printer_0. <image 1> Carrying objects: printer_0. Go down. <image 2> Carrying objects: printer_0. "
+        "Pick up printer_0. <image 3> Carrying objects: printer_0. Action sequence finished. The answer is B."
+    )
+    assert traces.build(inst, "cot", inventory_after_image=True) == traces.build(inst, "cot")
+    s = maze.MazeState(3, "TTTTFTFFFFFFFTFTTF", (1, 2), ((0, 0), (0, 2), (2, 1), (1, 1)), ((1, 2),))
+    m = Instance("maze", "m", ("down", "left"), *maze.run(s, ("down", "left")))
+    assert traces.build(m, "mvot", inventory_after_image=True) == traces.build(m, "mvot")
