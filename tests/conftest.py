@@ -99,7 +99,7 @@ def draw(task: str, params: Params, seed: int, size: int | None = None, target: 
 def tiny_tokenizer_raw(raw: dict) -> dict:
     """A tokenizer that trains in seconds on the tiny profile's data."""
     raw = tiny_raw(raw)
-    raw["tokenizer"] |= {"codebook_size": 512, "hidden": 64, "depth": 1, "steps": 250, "lr": 0.003,
+    raw["tokenizer"] |= {"codebook_size": 512, "hidden": 64, "depth": 1, "steps": 400, "lr": 0.005,
                          "fidelity_frames": 40, "text_vocab": 400}
     raw["train"] |= {"runs": {"direct": {"variant": "direct", "ld_weight": 0.0}, "mvot": {"variant": "mvot", "ld_weight": 1.0}},
                      "model": {"d_model": 32, "n_layer": 1, "n_head": 2, "d_ff": 64, "max_len": 2048},

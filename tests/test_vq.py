@@ -52,11 +52,33 @@ def test_reconstruction_loss_falls_within_a_few_steps(params, raw_params):
     assert losses[-1] < 0.2 * losses[0]
 
 
-def test_tiny_tokenizer_fidelity_and_usage(tiny_tokenizer):
-    _, tok_dir, metrics = tiny_tokenizer
+def test_tiny_tokenizer_fidelity_and_usage(tiny_tokenizer, tiny_generated):
+    from mvot.data import iter_images, read_split
+    from mvot.tokenizers import frame_array
+
+    params, tok_dir, metrics = tiny_tokenizer
     fid = metrics["fidelity"]
-    assert fid["frozenlake"]["image_fidelity"] == 1.0 and fid["minibehavior"]["image_fidelity"] == 1.0
+    assert fid["frozenlake"]["image_fidelity"] == 1.0 and fid["minibehavior"]["image_fidelity"] >= 0.9
     assert fid["all"]["cell_fidelity"] >= 0.97  # tiny data: some val cells are drawings train never showed
+    # every val image drawn only with cell drawings that train showed comes back exactly;
+    # the misses above are images with a drawing train never had (a reach frame on a rare object;
+    # a tiny tokenizer's maze decoder is not this exact, the full one is: metrics/tokenizer.json)
+    root, _ = tiny_generated
+    seen = {p.tobytes() for p in collect_patches(root / "raw", 16)[0]}
+    coder = PatchCoder(vq.load(tok_dir))
+    for task in ("minibehavior", "frozenlake"):
+        r = Renderer.from_params(params, task)
+        insts = {i.uid: i for i in read_split(root / "raw" / task, "val")}
+        n_seen = 0
+        for name, img in iter_images(root / "raw" / task, "val"):
+            frame = frame_array(img)
+            if not all(p.tobytes() in seen for p in vq.patches_of(frame[None], 16)):
+                continue
+            n_seen += 1
+            uid, k = name.rsplit("/", 1)
+            back = coder.decode(coder.encode(frame[None]), frame.shape[0] // 16)[0]
+            assert r.parse(back) == insts[uid].states[int(k.removesuffix(".png"))], name
+        assert n_seen >= 20, task
     cb = metrics["codebook"]
     assert cb["used_codes"] == metrics["distinct_train_patches"]  # one code per distinct cell drawing
     assert cb["used_codes"] + cb["unused_codes"] == cb["size"]
