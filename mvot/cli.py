@@ -123,6 +123,14 @@ def cmd_outcomes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from mvot.probe import probe, probe_table
+
+    rows = probe(args.model, args.raw, args.task, args.split or ["train", "test"], args.per_outcome, args.batch_size, args.device)
+    print(probe_table(rows, args.errors))
+    return 0
+
+
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from mvot.tokenizers import run_stage
 
@@ -435,6 +443,18 @@ def build_parser() -> argparse.ArgumentParser:
     oc.add_argument("--task", choices=TASKS, help="only this task (default: every task the trials scored)")
     oc.add_argument("--data", default="data/raw", help="the generated data the trials were scored on (default: data/raw)")
     oc.set_defaults(fn=cmd_outcomes)
+
+    pb = sub.add_parser("probe", help="teacher-forced: per outcome, what a model gets right when shown the true trace "
+                                      "(train against test tells memorisation from a rule never learned)")
+    pb.add_argument("model", help="a model directory, e.g. sweeps/<sweep>/trials/<trial>/runs/trial/model")
+    pb.add_argument("--task", choices=TASKS, help="the task (default: the model's, if it was trained on one)")
+    pb.add_argument("--split", action="append", choices=list(SPLITS), help="split(s) to probe (default: train and test)")
+    pb.add_argument("--per-outcome", type=int, default=60, help="instances per outcome and split (default: 60)")
+    pb.add_argument("--errors", type=int, default=2, help="commonest first errors shown per line (default: 2)")
+    pb.add_argument("--raw", default="data/raw", help="the generated data (default: data/raw)")
+    pb.add_argument("--batch-size", type=int, default=16)
+    pb.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    pb.set_defaults(fn=cmd_probe)
 
     b = sub.add_parser("bench", help="benchmarks that print figures")
     b.add_argument("what", choices=["generate", "parse", "train", "decode"],

@@ -88,7 +88,7 @@ class TraceEncoder:
 
 
 def instance_codes(coder: PatchCoder, task_dir: Path, split: str, insts: list[Instance]) -> dict[str, list[np.ndarray]]:
-    """Codes of every state image of a split, read from its image archive."""
+    """Codes of every state image of ``insts`` (of one split), read from its image archive."""
     want = {i.uid: len(i.states) for i in insts}
     out: dict[str, list] = {uid: [None] * n for uid, n in want.items()}
     batch_names, batch = [], []
@@ -102,6 +102,8 @@ def instance_codes(coder: PatchCoder, task_dir: Path, split: str, insts: list[In
             batch.clear()
 
     for name, img in iter_images(task_dir, split):
+        if name.rsplit("/", 1)[0] not in out:  # an instance not asked for
+            continue
         batch_names.append(name)
         batch.append(frame_array(img))
         if len(batch) >= 512:

@@ -423,6 +423,7 @@ def train(
                         "sizes": list(params.generate.task(t).sizes)} for t in cfg.tasks}
         meta = {"run": run, "variant": spec.variant, "ld_weight": spec.ld_weight, "tasks": list(cfg.tasks), "steps": step,
                 "index_hints": params.tokenize.index_hints, "inventory_after_image": params.tokenize.inventory_after_image,
+                "cot_layout_text": params.tokenize.cot_layout_text,
                 "render": geometry}
         save_model(core, vocab, tokenizer_dir, out_dir / "model", meta)
     if world > 1:
