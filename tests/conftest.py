@@ -191,7 +191,7 @@ def few_instances(raw_dir: Path, tokens_dir: Path, task: str, n: int, dest: Path
 OVERFIT_N = 4  # instances the overfit model memorises
 
 
-def overfit_raw(raw: dict, steps: int = 150) -> dict:
+def overfit_raw(raw: dict, steps: int = 250) -> dict:
     """Params of a tiny MVoT model that memorises a handful of FROZENLAKE traces."""
     raw = tiny_tokenizer_raw(raw)
     raw["train"] |= {"runs": {"mvot": {"variant": "mvot", "ld_weight": 1.0}, "direct": {"variant": "direct", "ld_weight": 0.0}},
