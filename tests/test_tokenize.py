@@ -33,7 +33,9 @@ def test_decoding_gives_back_the_trace(tokenized):
             assert len(ts) == len(insts)
             for i, inst in enumerate(insts[:4]):
                 toks, sup, img = ts.sequence(i)
-                trace = build(inst, variant)
+                cfg = params.tokenize
+                trace = build(inst, variant, layout_text=cfg.cot_layout_text, index_hints=cfg.index_hints,
+                              inventory_after_image=cfg.inventory_after_image)
                 parts = enc.decode(toks, task)
                 text = "".join(p for k, p in parts if k == "text")
                 assert text == "".join(p.text for p in trace.parts if not p.is_image)
