@@ -30,7 +30,7 @@ from mvot.data import read_split
 from mvot.errors import MvotError
 from mvot.tokenize import TraceEncoder, instance_codes
 from mvot.tokenizers import PatchCoder
-from mvot.traces import DRAWING_VARIANTS, build
+from mvot.traces import DRAWING_VARIANTS, build_with
 from mvot.worlds import outcome
 
 
@@ -61,8 +61,7 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 def rebuild(enc: TraceEncoder, meta: dict, variant: str, insts, codes) -> list:
     """The token sequences a model with ``meta`` (its ``mvot.json``) was trained on, for ``insts``."""
-    return [enc.encode(build(i, variant, layout_text=bool(meta.get("cot_layout_text")), index_hints=bool(meta.get("index_hints")),
-                             inventory_after_image=bool(meta.get("inventory_after_image"))), i.task, codes[i.uid]) for i in insts]
+    return [enc.encode(build_with(i, variant, meta), i.task, codes[i.uid]) for i in insts]
 
 
 def probe(model_dir: str | Path, raw_dir: str | Path, task: str | None = None, splits=("train", "test"),

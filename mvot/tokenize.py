@@ -31,7 +31,7 @@ from mvot import vq
 from mvot.config import SPLITS, Params
 from mvot.data import DataError, iter_images, read_split
 from mvot.tokenizers import PatchCoder, augment_codes, frame_array, load_text_tokenizer
-from mvot.traces import Trace, build
+from mvot.traces import Trace, build_with
 from mvot.vocab import Vocab
 from mvot.worlds import Instance
 
@@ -156,8 +156,7 @@ def tokenize_task(params: Params, task: str, raw_dir, tokenizer_dir, out_dir, st
             stats["splits"][split] = {}
             initial_pos = None
             for variant in cfg.variants:
-                seqs = [enc.encode(build(i, variant, layout_text=cfg.cot_layout_text, index_hints=cfg.index_hints,
-                                   inventory_after_image=cfg.inventory_after_image), task, codes[i.uid]) for i in insts]
+                seqs = [enc.encode(build_with(i, variant, cfg), task, codes[i.uid]) for i in insts]
                 pos = np.array([int(np.argmax(s.image)) for s in seqs], dtype=np.int64)
                 if initial_pos is None:
                     initial_pos = pos

@@ -161,6 +161,24 @@ def mvot_step(inst: Instance, k: int, inventory: bool = True) -> str:
     return text
 
 
+#: The ``tokenize`` settings that shape a trace; a model records them in its meta (``mvot.json``).
+TRACE_SETTINGS = ("cot_layout_text", "index_hints", "inventory_after_image")
+
+
+def trace_settings(settings) -> dict:
+    """:data:`TRACE_SETTINGS` of ``settings`` (a ``tokenize`` config section, or a model's meta,
+    where a setting it lacks is off), as plain bools."""
+    get = settings.get if isinstance(settings, dict) else (lambda k, d: getattr(settings, k, d))
+    return {k: bool(get(k, False)) for k in TRACE_SETTINGS}
+
+
+def build_with(inst: Instance, variant: str, settings) -> Trace:
+    """:func:`build` under the trace settings of ``settings`` (see :func:`trace_settings`)."""
+    s = trace_settings(settings)
+    return build(inst, variant, layout_text=s["cot_layout_text"], index_hints=s["index_hints"],
+                 inventory_after_image=s["inventory_after_image"])
+
+
 def build(inst: Instance, variant: str, layout_text: bool = False, index_hints: bool = False,
           inventory_after_image: bool = False) -> Trace:
     """The sequence of ``variant`` for one instance. ``inventory_after_image``: MINIBEHAVIOR's

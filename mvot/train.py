@@ -38,6 +38,7 @@ from mvot.errors import MvotError
 from mvot.losses import token_discrepancy_loss
 from mvot.model import count_parameters, from_pretrained, from_scratch
 from mvot.tokenize import load_split
+from mvot.traces import trace_settings
 from mvot.vocab import Vocab
 
 
@@ -422,9 +423,7 @@ def train(
         geometry = {t: params.render.task(t).model_dump() | {"canvas_cells": params.canvas_cells(t),
                         "sizes": list(params.generate.task(t).sizes)} for t in cfg.tasks}
         meta = {"run": run, "variant": spec.variant, "ld_weight": spec.ld_weight, "tasks": list(cfg.tasks), "steps": step,
-                "index_hints": params.tokenize.index_hints, "inventory_after_image": params.tokenize.inventory_after_image,
-                "cot_layout_text": params.tokenize.cot_layout_text,
-                "render": geometry}
+                **trace_settings(params.tokenize), "render": geometry}
         save_model(core, vocab, tokenizer_dir, out_dir / "model", meta)
     if world > 1:
         import torch.distributed as dist

@@ -4,7 +4,7 @@ import pytest
 from mvot import data
 from mvot.tokenize import TraceEncoder, load_split, tokenize_task
 from mvot.tokenizers import load_text_tokenizer
-from mvot.traces import VARIANTS, build
+from mvot.traces import VARIANTS, build_with
 from mvot.vocab import Vocab
 from tests.conftest import TASKS
 
@@ -33,9 +33,7 @@ def test_decoding_gives_back_the_trace(tokenized):
             assert len(ts) == len(insts)
             for i, inst in enumerate(insts[:4]):
                 toks, sup, img = ts.sequence(i)
-                cfg = params.tokenize
-                trace = build(inst, variant, layout_text=cfg.cot_layout_text, index_hints=cfg.index_hints,
-                              inventory_after_image=cfg.inventory_after_image)
+                trace = build_with(inst, variant, params.tokenize)
                 parts = enc.decode(toks, task)
                 text = "".join(p for k, p in parts if k == "text")
                 assert text == "".join(p.text for p in trace.parts if not p.is_image)

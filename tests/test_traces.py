@@ -87,3 +87,21 @@ def test_minibehavior_inventory_after_the_image():
     s = maze.MazeState(3, "TTTTFTFFFFFFFTFTTF", (1, 2), ((0, 0), (0, 2), (2, 1), (1, 1)), ((1, 2),))
     m = Instance("maze", "m", ("down", "left"), *maze.run(s, ("down", "left")))
     assert traces.build(m, "mvot", inventory_after_image=True) == traces.build(m, "mvot")
+
+
+def test_trace_settings_from_the_config_or_a_models_meta():
+    """A model's meta written before a setting existed reads it as off; the config's values as set."""
+    from mvot.config import load_params
+    from mvot.worlds import minibehavior as mb
+
+    cfg = load_params().tokenize
+    assert traces.trace_settings(cfg) == {k: bool(getattr(cfg, k)) for k in traces.TRACE_SETTINGS}
+    assert traces.trace_settings({"index_hints": 1}) == {"cot_layout_text": False, "index_hints": True,
+                                                          "inventory_after_image": False}
+    room = mb.MiniBehaviorState(7, table=((3, 4),), furniture=(), agent=(2, 2), printer=(2, 3))
+    inst = Instance("minibehavior", "r", ("pickup",), *mb.run(room, ("pickup",)))
+    meta = {"inventory_after_image": True, "cot_layout_text": True, "run": "x"}
+    for variant in traces.VARIANTS:
+        assert traces.build_with(inst, variant, meta) == traces.build(inst, variant, layout_text=True,
+                                                                      inventory_after_image=True)
+    assert traces.build_with(inst, "mvot", meta) != traces.build_with(inst, "mvot", {})
