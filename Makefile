@@ -21,9 +21,9 @@ smoke: setup
 table: setup
 	dvc repro tokenize
 	for t in frozenlake maze minibehavior; do $(PY) -m flows.sweep --profile table-$$t || exit 1; done
-	# MINIBEHAVIOR's MVoT from scratch stays at chance at this budget: MVoT again, from its CoT model (with the
-	# picture before the inventory line, seed 0 learned the adjacency test in these 2,400 steps: 96.2; seed 1 did not)
-	$(PY) -m flows.sweep --profile table-minibehavior --set sweep.name=table-minibehavior-reach-from-cot \
+	# MINIBEHAVIOR's MVoT from scratch stays at chance at this budget: MVoT again, from its CoT model, with the
+	# picture before the inventory line (tokenize.inventory_after_image; README: table-minibehavior-reach-inv)
+	$(PY) -m flows.sweep --profile table-minibehavior --set sweep.name=table-minibehavior-reach-inv \
 	    --set "sweep.grid.variant=[mvot]" --set "sweep.grid.ld_weight=[0.0,1.0]" --set train.model.grid_pos=0 --set train.model.step_pos=0 \
 	    --set "train.model.pretrained=$(CURDIR)/sweeps/table-minibehavior-reach/trials/cot-w0-euclidean-mean-p16-s{seed}/runs/trial/model"
 	# MVoT trained 2,400 more steps from its own model (FROZENLAKE with and without L_D, MAZE with L_D):
@@ -32,12 +32,12 @@ table: setup
 	  $(PY) -m flows.sweep --profile table-$$t --set sweep.name=table-$$t-4800 --set "sweep.grid.variant=[mvot]" \
 	    --set "sweep.grid.ld_weight=[$$w.0]" --set train.model.grid_pos=0 --set train.model.step_pos=0 \
 	    --set train.model.pretrained=$(CURDIR)/sweeps/table-$$t/trials/mvot-w$$w-euclidean-mean-p16-s0/runs/trial/model || exit 1; done
-	# MINIBEHAVIOR's MVoT (L_D) from CoT, 2,400 steps more (mvot outcomes, mvot probe: which seeds learned the adjacency test)
-	$(PY) -m flows.sweep --profile table-minibehavior --set sweep.name=table-minibehavior-reach-4800 --set "sweep.grid.variant=[mvot]" \
-	    --set "sweep.grid.ld_weight=[1.0]" --set train.model.grid_pos=0 --set train.model.step_pos=0 \
-	    --set "train.model.pretrained=$(CURDIR)/sweeps/table-minibehavior-reach-from-cot/trials/mvot-w1-euclidean-mean-p16-s{seed}/runs/trial/model"
-	$(VENV)/bin/mvot report sweeps/table-frozenlake sweeps/table-frozenlake-4800 sweeps/table-maze sweeps/table-maze-4800 sweeps/table-minibehavior-reach sweeps/table-minibehavior-reach-from-cot sweeps/table-minibehavior-reach-4800 --plots plots --track
-	$(VENV)/bin/mvot outcomes sweeps/table-minibehavior-reach sweeps/table-minibehavior-reach-from-cot sweeps/table-minibehavior-reach-4800
+	# MINIBEHAVIOR's MVoT (L_D) 1,200 steps more (mvot outcomes, mvot probe: whether a seed learned the adjacency test)
+	$(PY) -m flows.sweep --profile table-minibehavior --set sweep.name=table-minibehavior-reach-inv-3600 --set "sweep.grid.variant=[mvot]" \
+	    --set "sweep.grid.ld_weight=[1.0]" --set train.steps=1200 --set train.model.grid_pos=0 --set train.model.step_pos=0 \
+	    --set "train.model.pretrained=$(CURDIR)/sweeps/table-minibehavior-reach-inv/trials/mvot-w1-euclidean-mean-p16-s{seed}/runs/trial/model"
+	$(VENV)/bin/mvot report sweeps/table-frozenlake sweeps/table-frozenlake-4800 sweeps/table-maze sweeps/table-maze-4800 sweeps/table-minibehavior-reach sweeps/table-minibehavior-reach-inv sweeps/table-minibehavior-reach-inv-3600 --plots plots --track
+	$(VENV)/bin/mvot outcomes sweeps/table-minibehavior-reach sweeps/table-minibehavior-reach-inv sweeps/table-minibehavior-reach-inv-3600
 	# the compactness study: 1/4 and 4 image tokens per cell beside the table's 1
 	$(PY) -m flows.sweep --profile table-frozenlake-compact
 	$(VENV)/bin/mvot compactness sweeps/table-frozenlake sweeps/table-frozenlake-compact --plots plots --track
