@@ -36,8 +36,12 @@ table: setup
 	$(PY) -m flows.sweep --profile table-minibehavior --set sweep.name=table-minibehavior-reach-inv-3600 --set "sweep.grid.variant=[mvot]" \
 	    --set "sweep.grid.ld_weight=[1.0]" --set train.steps=1200 --set train.model.grid_pos=0 --set train.model.step_pos=0 \
 	    --set "train.model.pretrained=$(CURDIR)/sweeps/table-minibehavior-reach-inv/trials/mvot-w1-euclidean-mean-p16-s{seed}/runs/trial/model"
-	$(VENV)/bin/mvot report sweeps/table-frozenlake sweeps/table-frozenlake-4800 sweeps/table-maze sweeps/table-maze-4800 sweeps/table-minibehavior-reach sweeps/table-minibehavior-reach-inv sweeps/table-minibehavior-reach-inv-3600 --plots plots --track
-	$(VENV)/bin/mvot outcomes sweeps/table-minibehavior-reach sweeps/table-minibehavior-reach-inv sweeps/table-minibehavior-reach-inv-3600
+	# and 1,200 more (4,800 MVoT steps after CoT: where every seed of three had learned it, README)
+	$(PY) -m flows.sweep --profile table-minibehavior --set sweep.name=table-minibehavior-reach-inv-4800 --set "sweep.grid.variant=[mvot]" \
+	    --set "sweep.grid.ld_weight=[1.0]" --set train.steps=1200 --set train.model.grid_pos=0 --set train.model.step_pos=0 \
+	    --set "train.model.pretrained=$(CURDIR)/sweeps/table-minibehavior-reach-inv-3600/trials/mvot-w1-euclidean-mean-p16-s{seed}/runs/trial/model"
+	$(VENV)/bin/mvot report sweeps/table-frozenlake sweeps/table-frozenlake-4800 sweeps/table-maze sweeps/table-maze-4800 sweeps/table-minibehavior-reach sweeps/table-minibehavior-reach-inv sweeps/table-minibehavior-reach-inv-3600 sweeps/table-minibehavior-reach-inv-4800 --plots plots --track
+	$(VENV)/bin/mvot outcomes sweeps/table-minibehavior-reach sweeps/table-minibehavior-reach-inv sweeps/table-minibehavior-reach-inv-3600 sweeps/table-minibehavior-reach-inv-4800
 	# the compactness study: 1/4 and 4 image tokens per cell beside the table's 1
 	$(PY) -m flows.sweep --profile table-frozenlake-compact
 	$(VENV)/bin/mvot compactness sweeps/table-frozenlake sweeps/table-frozenlake-compact --plots plots --track
