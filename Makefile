@@ -32,14 +32,12 @@ table: setup
 	  $(PY) -m flows.sweep --profile table-$$t --set sweep.name=table-$$t-4800 --set "sweep.grid.variant=[mvot]" \
 	    --set "sweep.grid.ld_weight=[$$w.0]" --set train.model.grid_pos=0 --set train.model.step_pos=0 \
 	    --set train.model.pretrained=$(CURDIR)/sweeps/table-$$t/trials/mvot-w$$w-euclidean-mean-p16-s0/runs/trial/model || exit 1; done
-	# MINIBEHAVIOR's MVoT (L_D) 1,200 steps more (mvot outcomes, mvot probe: whether a seed learned the adjacency test)
-	$(PY) -m flows.sweep --profile table-minibehavior --set sweep.name=table-minibehavior-reach-inv-3600 --set "sweep.grid.variant=[mvot]" \
+	# MINIBEHAVIOR's MVoT (L_D) 1,200 steps more, twice, each from the one before (3,600 and 4,800 MVoT steps after
+	# CoT; by 4,800 every seed of three had learned the adjacency test: README, mvot outcomes, mvot probe)
+	for sf in 3600:reach-inv 4800:reach-inv-3600; do s=$${sf%:*}; f=$${sf#*:}; \
+	  $(PY) -m flows.sweep --profile table-minibehavior --set sweep.name=table-minibehavior-reach-inv-$$s --set "sweep.grid.variant=[mvot]" \
 	    --set "sweep.grid.ld_weight=[1.0]" --set train.steps=1200 --set train.model.grid_pos=0 --set train.model.step_pos=0 \
-	    --set "train.model.pretrained=$(CURDIR)/sweeps/table-minibehavior-reach-inv/trials/mvot-w1-euclidean-mean-p16-s{seed}/runs/trial/model"
-	# and 1,200 more (4,800 MVoT steps after CoT: where every seed of three had learned it, README)
-	$(PY) -m flows.sweep --profile table-minibehavior --set sweep.name=table-minibehavior-reach-inv-4800 --set "sweep.grid.variant=[mvot]" \
-	    --set "sweep.grid.ld_weight=[1.0]" --set train.steps=1200 --set train.model.grid_pos=0 --set train.model.step_pos=0 \
-	    --set "train.model.pretrained=$(CURDIR)/sweeps/table-minibehavior-reach-inv-3600/trials/mvot-w1-euclidean-mean-p16-s{seed}/runs/trial/model"
+	    --set "train.model.pretrained=$(CURDIR)/sweeps/table-minibehavior-$$f/trials/mvot-w1-euclidean-mean-p16-s{seed}/runs/trial/model" || exit 1; done
 	$(VENV)/bin/mvot report sweeps/table-frozenlake sweeps/table-frozenlake-4800 sweeps/table-maze sweeps/table-maze-4800 sweeps/table-minibehavior-reach sweeps/table-minibehavior-reach-inv sweeps/table-minibehavior-reach-inv-3600 sweeps/table-minibehavior-reach-inv-4800 --plots plots --track
 	$(VENV)/bin/mvot outcomes sweeps/table-minibehavior-reach sweeps/table-minibehavior-reach-inv sweeps/table-minibehavior-reach-inv-3600 sweeps/table-minibehavior-reach-inv-4800
 	# the compactness study: 1/4 and 4 image tokens per cell beside the table's 1
