@@ -43,6 +43,24 @@ ROWS = (("direct", 0.0, "Direct", "direct"), ("cot", 0.0, "CoT", "cot"), ("inter
 SCORES = ("accuracy", "v_acc", "v_red", "v_steps", "v_ratio", "a_exact")
 
 
+def _label(variant: str, ld: float) -> str:
+    """A trial's row: one of the paper's (``ROWS``), or MVoT at another L_D weight (an
+    ablation of w, DESIGN.md 2.4), labelled with its weight."""
+    known = next((lab for v, w, lab, _ in ROWS if v == variant and w == float(ld)), None)
+    return known or (f"MVoT (L_D {float(ld):g})" if variant == "mvot" else variant)
+
+
+def _row_specs(trials: list[dict]) -> list[tuple[str, float, str, str]]:
+    """``ROWS`` plus one row per other L_D weight the trials ran, among the MVoT rows in
+    order of weight (key ``mvot_ld``: the paper has no number for it)."""
+    rows = list(ROWS)
+    known = {w for v, w, *_ in ROWS if v == "mvot"}
+    for w in sorted({float(t["ld_weight"]) for t in trials if t["variant"] == "mvot"} - known):
+        at = next((i for i, r in enumerate(rows) if r[0] == "mvot" and r[1] > w), len(rows))
+        rows.insert(at, ("mvot", w, _label("mvot", w), "mvot_ld"))
+    return rows
+
+
 def _num(x: str | None) -> float | None:
     return None if x in (None, "", "None") else float(x)
 
@@ -128,6 +146,7 @@ def results_table(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
     from mvot.sweep import aggregate, combine_trials
 
     sweeps = _sweeps(sweep_dirs)
+    specs = _row_specs([t for _, trials in sweeps for t in trials])
     # CoT partners for MVoT trials: a sweep's own first, then those of the sweeps in the order given
     cots = [t for _, trials in sweeps for t in trials if t["variant"] == "cot"]
     lines = ["| task | row | sweep | seeds | accuracy | V-Acc | V-Red | V-Steps | V-Ratio | A-Exact | train s | paper accuracy |",
@@ -142,7 +161,7 @@ def results_table(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
             if not rows:
                 continue
             out = per_task.setdefault(task, {})
-            for variant, ld, label, key in ROWS:
+            for variant, ld, label, key in specs:
                 r = next((r for r in rows if r["variant"] == variant and float(r["ld_weight"]) == ld), None)
                 if r is None:
                     continue
@@ -154,7 +173,8 @@ def results_table(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
             for c in combined:
                 if c["task"] != task:
                     continue
-                which = "MVoT" if float(c["ld_weight"]) > 0 else "MVoT without L_D"
+                ld = float(c["ld_weight"])
+                which = "MVoT" if ld == 1.0 else _label("mvot", ld)
                 seeds = int(float(c["seeds"]))
                 out.setdefault("~combined", []).append(f"| {task} | upper bound ({which} + CoT) | {d.name} | {seeds} | {_cell(c, 'upper_bound')} | | | | | | | "
                            f"{PAPER_ACCURACY.get((task, 'upper'), '') if which == 'MVoT' else ''} |")
@@ -169,8 +189,11 @@ def results_table(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
     for task in TASKS:
         if task not in per_task:
             continue
-        for _, _, label, key in ROWS:
-            lines += per_task[task].get(label) or [f"| {task} | {label} | | 0 | not run | | | | | | | {_paper(task, key)} |"]
+        for _, _, label, key in specs:
+            if label in per_task[task]:
+                lines += per_task[task][label]
+            elif key != "mvot_ld":  # the paper's rows are listed even where not run; other weights only where run
+                lines.append(f"| {task} | {label} | | 0 | not run | | | | | | | {_paper(task, key)} |")
         lines += per_task[task].get("~combined", [])
     return "\n".join(lines + [""] + [f"- {n}" for n in notes])
 
@@ -185,11 +208,12 @@ def by_size_tables(sweep_dirs: list[str | Path], out_dir: str | Path, patch_px: 
     columns: dict[str, dict[str, dict[int, float]]] = {}
     points = []  # for the figure: one line per column
     sweeps = _sweeps(sweep_dirs)
+    specs = _row_specs([t for _, trials in sweeps for t in trials])
     for d, trials in sweeps:
         rows = [r for r in aggregate_by_size(trials) if int(r["patch_px"]) == patch_px]
         for task in TASKS:
             mine = [r for r in rows if r["task"] == task]
-            for variant, ld, label, _ in ROWS:
+            for variant, ld, label, _ in specs:
                 sel = [r for r in mine if r["variant"] == variant and float(r["ld_weight"]) == ld]
                 if sel:
                     cols = columns.setdefault(task, {})
@@ -250,7 +274,7 @@ def _plot_curves(sweeps: list[tuple[Path, list[dict]]], path: str | Path, patch_
             curve = _trial_curve(row) if int(row["patch_px"]) == patch_px else None
             if curve is None:
                 continue
-            label = next((lab for v, ld, lab, _ in ROWS if v == row["variant"] and float(row["ld_weight"]) == ld), row["variant"])
+            label = _label(row["variant"], row["ld_weight"])
             for task in row.get("tasks", {}):
                 series.setdefault(task, []).append((f"{label} s{row['seed']} [{d.name}]", curve))
     if not series:
@@ -309,7 +333,7 @@ def compactness_table(sweep_dirs: list[str | Path], out_dir: str | Path | None =
             points[key] = r | {"sweep": d.name, "cell_px": cell, "tokens_per_cell": tokens_per_cell(cell, key[1]),
                                "tokens_per_image": params.tokens_per_image(r["task"]), "steps": params.train.steps,
                                "batch_tokens": params.train.batch_tokens, "parameters": first[key].get("parameters")}
-    label = next((lab for v, ld, lab, _ in ROWS if v == variant and ld == ld_weight), variant)
+    label = _label(variant, ld_weight)
     tasks = [t for t in TASKS if len({p for (task, p) in points if task == t}) > 1]
     if not tasks:
         found = ", ".join(f"{t} p{p}" for t, p in sorted(points)) or "none"
@@ -353,11 +377,11 @@ def outcome_table(sweep_dirs: list[str | Path], data_dir: str | Path = "data/raw
     the picture (is the printer, or a table cell, next to the agent?)."""
     from mvot.data import split_outcomes
 
-    labels = {(v, ld): lab for v, ld, lab, _ in ROWS}
-    rank = {lab: i for i, lab in enumerate(labels.values())}
+    sweeps = _sweeps(sweep_dirs)
+    rank = {lab: i for i, (_, _, lab, _) in enumerate(_row_specs([t for _, trials in sweeps for t in trials]))}
     per_task: dict[str, list[tuple[str, str, int, dict[str, tuple[int, int]]]]] = {}
     tests: dict[str, dict[str, str]] = {}  # task -> uid -> outcome
-    for d, trials in _sweeps(sweep_dirs):
+    for d, trials in sweeps:
         for t in trials:
             for name in t["tasks"]:
                 if task and name != task:
@@ -380,7 +404,7 @@ def outcome_table(sweep_dirs: list[str | Path], data_dir: str | Path = "data/raw
                     c = counts.setdefault(kind, [0, 0])
                     c[0] += p["pred"] == p["gold"]
                     c[1] += 1
-                label = labels.get((t["variant"], float(t["ld_weight"])), t["variant"])
+                label = _label(t["variant"], t["ld_weight"])
                 per_task.setdefault(name, []).append((d.name, label, int(t["seed"]), {k: tuple(v) for k, v in counts.items()}))
     if not per_task:
         raise ReportError(f"no finished trial scored {task} in {', '.join(map(str, sweep_dirs))}")

@@ -367,6 +367,17 @@ def test_report_tabulates_the_paper_rows_with_seed_spread(raw_params, tmp_path):
     with pytest.raises(ReportError, match="no finished trial"):
         results_table([f"{d}+{tmp_path / 'nothing'}"])
 
+    # another L_D weight (an ablation of w) gets its own row among the MVoT rows, and its own upper bound
+    g = tmp_path / "table-maze-ld01"
+    _report_trial(g, raw_params, "mvot", 0.1, 0, 85.0, mvot)
+    md = results_table([d, g])
+    assert "| maze | MVoT (L_D 0.1) | table-maze-ld01 | 1 | 85.0 | 99.0 |" in md
+    assert md.index("| MVoT without L_D |") < md.index("| MVoT (L_D 0.1) |") < md.index("| MVoT (L_D 1.0) | table-maze |")
+    assert "| maze | upper bound (MVoT (L_D 0.1) + CoT) | table-maze-ld01 | 1 | 75.0 |" in md
+    assert "L_D 0.1" not in results_table([d])  # listed only where run
+    csv_file, _ = by_size_tables([d, g], tmp_path / "plots")
+    assert csv_file.read_text().splitlines()[0] == "size,CoT,MVoT (L_D 1.0),MVoT (L_D 0.1)"
+
 
 def test_outcomes_split_accuracy_by_the_rule_that_ended_the_episode(raw_params, tmp_path):
     import json
