@@ -234,6 +234,8 @@ class DiscrepancyConfig(_Section):
 
     distance: str = Field(pattern="^(euclidean|mse)$", description="euclidean (released code) or mse (paper)")
     reduction: str = Field(pattern="^(mean|sum)$", description="mean (released code) or sum (paper)")
+    from_step: int = Field(0, ge=0, description="L_D joins L_C from this step of the run on (0: from the first, as in the "
+                           "paper; later: once the text is learned, so L_D's share of the clipped update costs the text less)")
 
 
 class TrainConfig(_Section):
@@ -264,6 +266,13 @@ class TrainConfig(_Section):
     augment: bool = Field(description="swap the input image for a random encode->decode variant (tokenizer.augment_max_k)")
     checkpoint_every: int = Field(ge=1, le=10_000_000, description="steps between checkpoints")
     log_every: int = Field(ge=1, le=10_000_000, description="steps between logged metrics")
+
+    @model_validator(mode="after")
+    def _ld_starts_within_the_run(self):
+        if self.ld.from_step and self.ld.from_step >= self.steps:
+            raise ValueError(f"ld.from_step = {self.ld.from_step} is not below steps = {self.steps}: L_D would never be added; "
+                             "lower train.ld.from_step (0 = from the first step)")
+        return self
 
 
 class EvaluateConfig(_Section):

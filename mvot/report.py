@@ -109,6 +109,8 @@ def _sweep_facts(trials: list[dict]) -> dict:
         facts.setdefault("tokens_per_image", {t: params.tokens_per_image(t) for t in params.train.tasks})
         if params.train.model.pretrained:
             facts.setdefault("pretrained", {})[row["trial"]] = params.train.model.pretrained
+        if params.train.ld.from_step:
+            facts.setdefault("ld_from_step", params.train.ld.from_step)
     return facts
 
 
@@ -185,6 +187,8 @@ def results_table(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
         note = f"{d.name}: {size}, {facts['steps']:,} steps x {facts['batch_tokens']:,} tokens, tokens per image: {tpi}"
         if facts.get("pretrained"):
             note += "; initialised from " + ", ".join(f"{p} ({t})" for t, p in facts["pretrained"].items())
+        if facts.get("ld_from_step"):
+            note += f"; L_D added from step {facts['ld_from_step']:,}"
         notes.append(note)
     for task in TASKS:
         if task not in per_task:

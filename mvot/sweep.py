@@ -54,7 +54,7 @@ def trial_raw(raw: dict, t: dict) -> dict:
         model["pretrained"] = model["pretrained"].replace("{seed}", str(t["seed"]))
     raw["tokenizer"]["patch_px"] = t["patch_px"]
     raw["train"]["runs"] = {"trial": {"variant": t["variant"], "ld_weight": t["ld_weight"]}}
-    raw["train"]["ld"] = {"distance": t["ld_distance"], "reduction": t["ld_reduction"]}
+    raw["train"]["ld"] = dict(raw["train"].get("ld") or {}) | {"distance": t["ld_distance"], "reduction": t["ld_reduction"]}
     if sweep.get("train_steps"):
         raw["train"]["steps"] = sweep["train_steps"]
     if sweep.get("evaluate_limit"):

@@ -396,7 +396,8 @@ def train(
             with autocast:
                 logits = model(**model_inputs(batch)).logits
             loss, terms = compute_losses(
-                logits.float(), batch, spec.variant, spec.ld_weight, distance, vocab, cfg.label_smoothing, cfg.ld.reduction,
+                logits.float(), batch, spec.variant, spec.ld_weight if step >= cfg.ld.from_step else 0.0, distance, vocab,
+                cfg.label_smoothing, cfg.ld.reduction,
                 cfg.text_weight,
             )
             (loss / cfg.grad_accum).backward()

@@ -25,6 +25,8 @@ def test_grid_leaves_out_invalid_and_duplicate_trials(raw_params):
     t = next(t for t in grid if t["ld_weight"] == 1.0 and t["ld_distance"] == "mse" and t["seed"] == 1)
     p = parse_params(trial_raw(raw, t))
     assert p.seed == 1 and p.train.ld.distance == "mse" and dict(p.train.runs)["trial"].ld_weight == 1.0
+    raw["train"] = raw["train"] | {"ld": raw["train"]["ld"] | {"from_step": 3}}  # a schedule set for the sweep stays
+    assert parse_params(trial_raw(raw, t)).train.ld.from_step == 3
 
 
 def test_each_seed_starts_from_its_own_pretrained_model(raw_params):
@@ -375,6 +377,13 @@ def test_report_tabulates_the_paper_rows_with_seed_spread(raw_params, tmp_path):
     assert md.index("| MVoT without L_D |") < md.index("| MVoT (L_D 0.1) |") < md.index("| MVoT (L_D 1.0) | table-maze |")
     assert "| maze | upper bound (MVoT (L_D 0.1) + CoT) | table-maze-ld01 | 1 | 75.0 |" in md
     assert "L_D 0.1" not in results_table([d])  # listed only where run
+    h = tmp_path / "table-maze-ld-late"
+    _report_trial(h, raw_params, "mvot", 1.0, 0, 88.0, mvot)
+    late = yaml.safe_load((h / "trials" / "mvot-w1-euclidean-mean-p16-s0" / "params.yaml").read_text())
+    late["train"]["ld"]["from_step"] = 60
+    (h / "trials" / "mvot-w1-euclidean-mean-p16-s0" / "params.yaml").write_text(yaml.safe_dump(late))
+    assert "table-maze-ld-late: 1.47M parameters, 120 steps x 8,192 tokens, tokens per image: frozenlake 36, maze 36, " \
+           "minibehavior 100; L_D added from step 60" in results_table([d, h])
     csv_file, _ = by_size_tables([d, g], tmp_path / "plots")
     assert csv_file.read_text().splitlines()[0] == "size,CoT,MVoT (L_D 1.0),MVoT (L_D 0.1)"
 

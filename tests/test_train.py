@@ -86,6 +86,16 @@ def test_loss_terms_follow_the_variant(tiny_tokens, raw_params, tmp_path):
     assert "loss/ld" not in seen[("mvot", 0.0)] and seen[("mvot", 0.0)]["loss/image_ce"] > 0
 
 
+def test_ld_joins_from_its_step(tiny_tokens, raw_params, tmp_path):
+    _, tok_dir, tokens_dir = tiny_tokens
+    p = _params(raw_params, tasks=["maze"], steps=4, log_every=1, ld={"distance": "euclidean", "reduction": "mean", "from_step": 2})
+    logs = []
+    train(p, "run", tokens_dir, tok_dir, tmp_path / "late", log=lambda m, s: logs.append((s, m)), progress=False)
+    assert [("loss/ld" in m) for _, m in logs] == [False, False, True, True]  # steps 1-2 without L_D, 3-4 with
+    with pytest.raises(ValueError, match="ld.from_step = 4 is not below steps = 4"):
+        _params(raw_params, steps=4, ld={"distance": "euclidean", "reduction": "mean", "from_step": 4})
+
+
 def test_oversample_repeats_the_named_outcomes(tiny_tokens, tiny_generated, raw_params, tmp_path):
     from mvot.data import read_split
     from mvot.worlds import outcome
