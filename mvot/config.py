@@ -269,7 +269,7 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _ld_starts_within_the_run(self):
-        if self.ld.from_step and self.ld.from_step >= self.steps:
+        if self.ld.from_step >= self.steps:
             raise ValueError(f"ld.from_step = {self.ld.from_step} is not below steps = {self.steps}: L_D would never be added; "
                              "lower train.ld.from_step (0 = from the first step)")
         return self

@@ -50,12 +50,13 @@ def _label(variant: str, ld: float) -> str:
     return known or (f"MVoT (L_D {float(ld):g})" if variant == "mvot" else variant)
 
 
-def _row_specs(trials: list[dict]) -> list[tuple[str, float, str, str]]:
-    """``ROWS`` plus one row per other L_D weight the trials ran, among the MVoT rows in
-    order of weight (key ``mvot_ld``: the paper has no number for it)."""
+def _row_specs(sweeps: list[tuple[Path, list[dict]]]) -> list[tuple[str, float, str, str]]:
+    """``ROWS`` plus one row per other L_D weight the sweeps' trials ran, among the MVoT
+    rows in order of weight (key ``mvot_ld``: the paper has no number for it)."""
     rows = list(ROWS)
     known = {w for v, w, *_ in ROWS if v == "mvot"}
-    for w in sorted({float(t["ld_weight"]) for t in trials if t["variant"] == "mvot"} - known):
+    ran = {float(t["ld_weight"]) for _, trials in sweeps for t in trials if t["variant"] == "mvot"}
+    for w in sorted(ran - known):
         at = next((i for i, r in enumerate(rows) if r[0] == "mvot" and r[1] > w), len(rows))
         rows.insert(at, ("mvot", w, _label("mvot", w), "mvot_ld"))
     return rows
@@ -148,7 +149,7 @@ def results_table(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
     from mvot.sweep import aggregate, combine_trials
 
     sweeps = _sweeps(sweep_dirs)
-    specs = _row_specs([t for _, trials in sweeps for t in trials])
+    specs = _row_specs(sweeps)
     # CoT partners for MVoT trials: a sweep's own first, then those of the sweeps in the order given
     cots = [t for _, trials in sweeps for t in trials if t["variant"] == "cot"]
     lines = ["| task | row | sweep | seeds | accuracy | V-Acc | V-Red | V-Steps | V-Ratio | A-Exact | train s | paper accuracy |",
@@ -212,7 +213,7 @@ def by_size_tables(sweep_dirs: list[str | Path], out_dir: str | Path, patch_px: 
     columns: dict[str, dict[str, dict[int, float]]] = {}
     points = []  # for the figure: one line per column
     sweeps = _sweeps(sweep_dirs)
-    specs = _row_specs([t for _, trials in sweeps for t in trials])
+    specs = _row_specs(sweeps)
     for d, trials in sweeps:
         rows = [r for r in aggregate_by_size(trials) if int(r["patch_px"]) == patch_px]
         for task in TASKS:
@@ -382,7 +383,7 @@ def outcome_table(sweep_dirs: list[str | Path], data_dir: str | Path = "data/raw
     from mvot.data import split_outcomes
 
     sweeps = _sweeps(sweep_dirs)
-    rank = {lab: i for i, (_, _, lab, _) in enumerate(_row_specs([t for _, trials in sweeps for t in trials]))}
+    rank = {lab: i for i, (_, _, lab, _) in enumerate(_row_specs(sweeps))}
     per_task: dict[str, list[tuple[str, str, int, dict[str, tuple[int, int]]]]] = {}
     tests: dict[str, dict[str, str]] = {}  # task -> uid -> outcome
     for d, trials in sweeps:

@@ -397,8 +397,7 @@ def train(
                 logits = model(**model_inputs(batch)).logits
             loss, terms = compute_losses(
                 logits.float(), batch, spec.variant, spec.ld_weight if step >= cfg.ld.from_step else 0.0, distance, vocab,
-                cfg.label_smoothing, cfg.ld.reduction,
-                cfg.text_weight,
+                cfg.label_smoothing, cfg.ld.reduction, cfg.text_weight,
             )
             (loss / cfg.grad_accum).backward()
             tokens_seen += int(batch["attention_mask"].sum())  # real (unpadded) tokens
