@@ -19,6 +19,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.train import select_runs
 from mvot.config import load_params
 from mvot.errors import MvotError
 from mvot.evaluate import evaluate_combined
@@ -69,13 +70,7 @@ def evaluate_flow(
     metrics: str = "metrics",
     track: bool = True,
 ) -> dict[str, dict]:
-    params = load_params(params_path)  # bad params stop the flow before any work
-    names = runs or list(params.train.runs)
-    unknown = [r for r in names if r not in params.train.runs]
-    if unknown:
-        raise ValueError(f"unknown run {unknown[0]!r}; params.yaml train.runs has: {', '.join(params.train.runs)}")
-    if track:
-        check_reachable(default_uri())
+    names = select_runs(params_path, runs, track)
     results = {run: evaluate_one(params_path, run, runs_root, tokens, raw, out, metrics, track) for run in names}
     create_table_artifact(key="evaluate-runs", table=_table(results), description="Test-split scores of the evaluated runs")
     return results

@@ -28,6 +28,19 @@ def train_one(params_path: str, run: str, tokens: str, tokenizer: str, out: str,
         return train_run(params, run, tokens, tokenizer, out, tracker, progress=False) | {"mlflow_run_id": tracker.run_id}
 
 
+def select_runs(params_path: str, runs: list[str] | None, track: bool) -> list[str]:
+    """The runs a flow works on (default: all of train.runs), checked before any work: bad params, an
+    unknown run name or an unreachable tracking server stop the flow here."""
+    params = load_params(params_path)
+    names = runs or list(params.train.runs)
+    unknown = [r for r in names if r not in params.train.runs]
+    if unknown:
+        raise ValueError(f"unknown run {unknown[0]!r}; params.yaml train.runs has: {', '.join(params.train.runs)}")
+    if track:
+        check_reachable(default_uri())
+    return names
+
+
 @flow(name="train")
 def train_flow(
     params_path: str = "params.yaml",
@@ -37,13 +50,7 @@ def train_flow(
     out: str = "models/runs",
     track: bool = True,
 ) -> dict[str, dict]:
-    params = load_params(params_path)  # bad params stop the flow before any work
-    names = runs or list(params.train.runs)
-    unknown = [r for r in names if r not in params.train.runs]
-    if unknown:
-        raise ValueError(f"unknown run {unknown[0]!r}; params.yaml train.runs has: {', '.join(params.train.runs)}")
-    if track:
-        check_reachable(default_uri())  # an unreachable tracking server fails before training
+    names = select_runs(params_path, runs, track)
     results = {run: train_one(params_path, run, tokens, tokenizer, out, track) for run in names}
     create_table_artifact(
         key="train-runs",
