@@ -131,6 +131,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grads(args: argparse.Namespace) -> int:
+    from mvot.gradients import gradient_shares, gradient_table
+
+    results = {m: gradient_shares(m, args.tokens, args.split, args.batches, args.batch_tokens, args.ld_weight, args.clip,
+                                  args.distance, args.reduction, args.seed, args.device) for m in args.model}
+    print(gradient_table(results))
+    return 0
+
+
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from mvot.tokenizers import run_stage
 
@@ -455,6 +464,21 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--batch-size", type=int, default=16)
     pb.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     pb.set_defaults(fn=cmd_probe)
+
+    gr = sub.add_parser("grads", help="a training step's gradient split into text, image and L_D parts, and what the "
+                                      "gradient clip does to each (is L_D's share of the clipped update the text's loss?)")
+    gr.add_argument("model", nargs="+", help="model directories (a CoT model: where an MVoT run from it starts)")
+    gr.add_argument("--tokens", default="data/tokens", help="the token arrays (default: data/tokens); the MVoT sequences are used")
+    gr.add_argument("--split", default="train", choices=list(SPLITS))
+    gr.add_argument("--batches", type=int, default=8, help="length-bucketed batches measured (default: 8)")
+    gr.add_argument("--batch-tokens", type=int, default=8192, help="tokens per batch (default: 8192, as train.batch_tokens)")
+    gr.add_argument("--ld-weight", type=float, default=1.0, help="w of L_D (default: 1.0, the paper's)")
+    gr.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip (default: 1.0, as train.clip)")
+    gr.add_argument("--distance", default="euclidean", choices=["euclidean", "mse"])
+    gr.add_argument("--reduction", default="mean", choices=["mean", "sum"])
+    gr.add_argument("--seed", type=int, default=0, help="which batches (default: 0)")
+    gr.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    gr.set_defaults(fn=cmd_grads)
 
     b = sub.add_parser("bench", help="benchmarks that print figures")
     b.add_argument("what", choices=["generate", "parse", "train", "decode"],

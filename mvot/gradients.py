@@ -1,0 +1,146 @@
+"""Where a training step's gradient comes from: the text, the pictures, and L_D.
+
+MVoT's loss is ``L_C + w L_D`` (DESIGN.md 2.4), and one global gradient-norm clip
+(``train.clip``) scales the whole update. L_C is an average over every supervised
+position, so it splits exactly into a text part and an image part,
+
+    L_C = (sum_text ce + sum_image ce) / (n_text + n_image) = L_text + L_image,
+
+and the step's gradient is ``g_text + g_image + w g_D``. This module measures the three
+parts separately on training batches of a model (its own checkpoint, or the model a run
+starts from) and what the clip then does to each: with ``c = min(1, clip / |g|)``, the
+text moves by ``c |g_text|``, so adding L_D changes the text's step by the ratio
+``c(with L_D) / c(without)``. That is the question ``mvot grads`` answers: does L_D's
+gradient take the text's share of the clipped update, and does it pull the pictures the
+same way as the image cross-entropy (cosine of ``g_D`` and ``g_image``)?
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mvot import vq
+from mvot.errors import MvotError
+from mvot.losses import token_discrepancy_loss
+
+
+class GradientError(MvotError, ValueError):
+    """The measurement cannot run; the message says why."""
+
+
+@dataclass
+class BatchGradients:
+    """One batch: the norms of the three gradient parts, their cosines, and the clip factors."""
+
+    text: float  # |g_text|
+    image: float  # |g_image|
+    ld: float  # |g_D| (weight 1)
+    cos_ld_image: float
+    cos_ld_text: float
+    norm_without: float  # |g_text + g_image|
+    norm_with: float  # |g_text + g_image + w g_D|
+    clip_without: float  # min(1, clip / norm_without)
+    clip_with: float
+
+    @property
+    def text_step_ratio(self) -> float:
+        """How much the text's clipped step changes when L_D is added (1: not at all)."""
+        return self.clip_with / self.clip_without
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    den = float(a.norm() * b.norm())
+    return float(a @ b) / den if den > 0 else 0.0
+
+
+def batch_gradients(model, batch: dict, distance: torch.Tensor, image_offset: int, ld_weight: float, clip: float,
+                    reduction: str = "mean") -> BatchGradients:
+    """The three gradient parts of one collated MVoT batch (:func:`mvot.train.collate`)."""
+    from mvot.train import model_inputs
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    logits = model(**model_inputs(batch)).logits.float()
+    targets, sup, img = batch["targets"], batch["supervised"], batch["image"]
+    text_pos, image_pos = sup & ~img, sup & img
+    n = max(1, int(text_pos.sum()) + int(image_pos.sum()))
+    if not bool(image_pos.any()) or not bool(text_pos.any()):
+        raise GradientError("a batch has no image (or no text) positions to supervise: measure on MVoT sequences")
+    ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    terms = [(ce * text_pos).sum() / n, (ce * image_pos).sum() / n,
+             token_discrepancy_loss(logits, targets, image_pos, distance, image_offset, reduction)]
+    flat = []
+    for k, loss in enumerate(terms):
+        grads = torch.autograd.grad(loss, params, retain_graph=k < len(terms) - 1, allow_unused=True)
+        flat.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params, strict=True)]))
+    g_text, g_image, g_ld = flat
+    without = g_text + g_image
+    norm0, norm1 = float(without.norm()), float((without + ld_weight * g_ld).norm())
+    return BatchGradients(
+        text=float(g_text.norm()), image=float(g_image.norm()), ld=float(g_ld.norm()),
+        cos_ld_image=_cos(g_ld, g_image), cos_ld_text=_cos(g_ld, g_text),
+        norm_without=norm0, norm_with=norm1,
+        clip_without=min(1.0, clip / max(norm0, 1e-12)), clip_with=min(1.0, clip / max(norm1, 1e-12)),
+    )
+
+
+def gradient_shares(model_dir: str | Path, tokens_dir: str | Path, split: str = "train", batches: int = 8,
+                    batch_tokens: int = 8192, ld_weight: float = 1.0, clip: float = 1.0, distance: str = "euclidean",
+                    reduction: str = "mean", seed: int = 0, device: str | None = "cpu") -> list[BatchGradients]:
+    """The gradient parts of ``model_dir`` on ``batches`` length-bucketed batches of the MVoT
+    sequences of its tasks in ``tokens_dir`` (whatever the model's own variant: a CoT model is
+    where an MVoT run from it starts)."""
+    from mvot.generate import load_model
+    from mvot.train import collate, load_token_data, make_batches, step_indexer
+
+    if batches < 1:
+        raise GradientError(f"batches must be at least 1, got {batches}")
+    if ld_weight < 0 or clip <= 0:
+        raise GradientError(f"need ld_weight >= 0 and clip > 0, got {ld_weight} and {clip}")
+    lm = load_model(model_dir, device)
+    tasks = lm.meta.get("tasks") or []
+    if not tasks:
+        raise GradientError(f"{model_dir}/mvot.json names no tasks; give a model directory written by `mvot train`")
+    tok_dir = Path(model_dir) / "tokenizer"
+    codebook = vq.load_codebook(tok_dir)
+    key = f"distance_{distance}"
+    if key not in codebook:
+        raise GradientError(f"unknown L_D distance {distance!r}; the codebook has: "
+                            f"{', '.join(k.removeprefix('distance_') for k in codebook if k.startswith('distance_'))}")
+    dev = next(lm.model.parameters()).device
+    indexer = step_indexer(tok_dir, lm.vocab, int(getattr(lm.model.config, "step_pos", 0) or 0))
+    try:
+        data = load_token_data(tokens_dir, tasks, split, "mvot", indexer)
+    except (FileNotFoundError, OSError) as exc:
+        raise GradientError(f"{tokens_dir}: no MVoT token arrays of {', '.join(tasks)} / {split} ({exc}); run `dvc repro tokenize`") from None
+    if data.lengths.max() > batch_tokens:
+        raise GradientError(f"batch_tokens = {batch_tokens} is below the longest sequence ({data.lengths.max()} tokens)")
+    chosen = make_batches(data.lengths, batch_tokens, np.random.default_rng([seed, 0]))[:batches]
+    lm.model.train()  # as in training (dropout, if the model has any)
+    out = []
+    for idx in chosen:
+        batch = {k: v.to(dev) for k, v in collate(data, idx, lm.vocab, None).items()}
+        out.append(batch_gradients(lm.model, batch, codebook[key].to(dev), lm.vocab.image_offset, ld_weight, clip, reduction))
+    return out
+
+
+COLUMNS = ("|g_text|", "|g_image|", "|g_D|", "cos(g_D, g_image)", "cos(g_D, g_text)", "|g| without L_D", "|g| with w L_D",
+           "clip factor without", "clip factor with", "text step with / without")
+
+
+def _row(rows: list[BatchGradients]) -> list[float]:
+    vals = [[r.text, r.image, r.ld, r.cos_ld_image, r.cos_ld_text, r.norm_without, r.norm_with, r.clip_without, r.clip_with,
+             r.text_step_ratio] for r in rows]
+    return np.mean(np.array(vals), axis=0).tolist()
+
+
+def gradient_table(results: dict[str, list[BatchGradients]]) -> str:
+    """Markdown: one line per model, each column the mean over its batches."""
+    lines = ["| model | batches | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    for name, rows in results.items():
+        lines.append(f"| {name} | {len(rows)} | " + " | ".join(f"{v:.3g}" for v in _row(rows)) + " |")
+    return "\n".join(lines)

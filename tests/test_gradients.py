@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+
+def _flat_grad(model, loss):
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params, strict=True)])
+
+
+def test_the_parts_add_up_to_the_training_loss_gradient(tiny_overfit):
+    """g_text + g_image is the gradient of L_C as training computes it, and adding w g_D gives L_C + w L_D's."""
+    import numpy as np
+
+    from mvot import vq
+    from mvot.generate import load_model
+    from mvot.gradients import batch_gradients
+    from mvot.train import collate, compute_losses, load_token_data, model_inputs, step_indexer
+
+    _, model_dir, _, tok, _ = tiny_overfit
+    lm = load_model(model_dir, "cpu")
+    tok_dir = model_dir / "tokenizer"
+    distance = vq.load_codebook(tok_dir)["distance_euclidean"]
+    data = load_token_data(tok, lm.meta["tasks"], "train", "mvot",
+                           step_indexer(tok_dir, lm.vocab, int(getattr(lm.model.config, "step_pos", 0) or 0)))
+    batch = collate(data, np.arange(4), lm.vocab, None)
+    w, clip = 0.7, 0.05
+
+    def reference(weight):
+        logits = lm.model(**model_inputs(batch)).logits.float()
+        loss, _ = compute_losses(logits, batch, "mvot", weight, distance, lm.vocab, 0.0, "mean")
+        return _flat_grad(lm.model, loss)
+
+    g0, g1 = reference(0.0), reference(w)
+    got = batch_gradients(lm.model, batch, distance, lm.vocab.image_offset, w, clip)
+    assert got.norm_without == pytest.approx(float(g0.norm()), rel=1e-4)
+    assert got.norm_with == pytest.approx(float(g1.norm()), rel=1e-4)
+    assert got.ld == pytest.approx(float((g1 - g0).norm()) / w, rel=1e-3)
+    assert got.clip_without == pytest.approx(min(1.0, clip / got.norm_without))
+    assert got.clip_with == pytest.approx(min(1.0, clip / got.norm_with))
+    assert got.text_step_ratio == pytest.approx(got.clip_with / got.clip_without)
+    assert got.text > 0 and got.image > 0 and got.ld > 0
+
+
+def test_ld_pulls_the_pictures_the_way_the_image_ce_does_and_the_cli_prints_a_table(tiny_overfit, tmp_path, capsys):
+    """At initialisation (near-uniform code probabilities) both losses raise the true code:
+    their gradients point the same way; the CLI prints one line per model and refuses bad input."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import mvot.model  # noqa: F401
+    from mvot.cli import main
+    from mvot.gradients import GradientError, gradient_shares
+
+    _, model_dir, _, tok, _ = tiny_overfit
+    fresh = tmp_path / "fresh"
+    shutil.copytree(model_dir, fresh)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(fresh)).save_pretrained(fresh)
+    rows = gradient_shares(fresh, tok, batches=2, batch_tokens=4096)
+    assert 1 <= len(rows) <= 2
+    assert all(r.cos_ld_image > 0 for r in rows)
+    assert all(0 < r.clip_with <= 1 and 0 < r.clip_without <= 1 for r in rows)
+
+    assert main(["grads", str(model_dir), str(fresh), "--tokens", str(tok), "--batches", "1", "--batch-tokens", "4096"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| model | batches | |g_text| |") and len(out) == 4
+    assert out[2].startswith(f"| {model_dir} | 1 |") and out[3].startswith(f"| {fresh} | 1 |")
+
+    with pytest.raises(GradientError, match="batches must be at least 1"):
+        gradient_shares(model_dir, tok, batches=0)
+    assert main(["grads", str(model_dir), "--tokens", str(tmp_path / "nowhere")]) == 1
+    assert "dvc repro tokenize" in capsys.readouterr().err
+    assert main(["grads", str(model_dir), "--tokens", str(tok), "--batch-tokens", "8"]) == 1
+    assert "below the longest sequence" in capsys.readouterr().err
