@@ -10,9 +10,18 @@ and the step's gradient is ``g_text + g_image + w g_D``. This module measures th
 parts separately on training batches of a model (its own checkpoint, or the model a run
 starts from) and what the clip then does to each: with ``c = min(1, clip / |g|)``, the
 text moves by ``c |g_text|``, so adding L_D changes the text's step by the ratio
-``c(with L_D) / c(without)``. That is the question ``mvot grads`` answers: does L_D's
-gradient take the text's share of the clipped update, and does it pull the pictures the
-same way as the image cross-entropy (cosine of ``g_D`` and ``g_image``)?
+``c(with L_D) / c(without)``. The optimiser is AdamW, which divides each parameter's
+step by the root of its running mean squared gradient, so L_D can also shrink the text's
+step where the clip does nothing: over the measured batches, with ``S0_j`` and ``S1_j``
+the mean squared gradient of parameter ``j`` without and with ``w L_D`` and ``T_j`` the
+mean ``|g_text,j|``, the text's Adam step changes by about
+
+    sum_j T_j (sqrt(S0_j) + eps) / (sqrt(S1_j) + eps)  /  sum_j T_j
+
+(1: not at all; 0.5: halved), a steady-state estimate that leaves out momentum. Those are
+the questions ``mvot grads`` answers: does L_D's gradient take the text's share of the
+update, and does it pull the pictures the same way as the image cross-entropy (cosine of
+``g_D`` and ``g_image``)?
 """
 
 from __future__ import annotations
@@ -58,9 +67,16 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b) / den if den > 0 else 0.0
 
 
-def batch_gradients(model, batch: dict, distance: torch.Tensor, image_offset: int, ld_weight: float, clip: float,
-                    reduction: str = "mean") -> BatchGradients:
-    """The three gradient parts of one collated MVoT batch (:func:`mvot.train.collate`)."""
+@dataclass
+class GradientReport:
+    """The batches of one model, and the estimated change of the text's AdamW step when L_D is added."""
+
+    batches: list[BatchGradients]
+    adam_text_step_ratio: float
+
+
+def _parts(model, batch: dict, distance: torch.Tensor, image_offset: int, reduction: str) -> list[torch.Tensor]:
+    """The flat gradients of L_text, L_image and L_D (weight 1) on one batch."""
     from mvot.train import model_inputs
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -77,7 +93,10 @@ def batch_gradients(model, batch: dict, distance: torch.Tensor, image_offset: in
     for k, loss in enumerate(terms):
         grads = torch.autograd.grad(loss, params, retain_graph=k < len(terms) - 1, allow_unused=True)
         flat.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params, strict=True)]))
-    g_text, g_image, g_ld = flat
+    return flat
+
+
+def _summary(g_text, g_image, g_ld, ld_weight: float, clip: float) -> BatchGradients:
     without = g_text + g_image
     norm0, norm1 = float(without.norm()), float((without + ld_weight * g_ld).norm())
     return BatchGradients(
@@ -88,9 +107,15 @@ def batch_gradients(model, batch: dict, distance: torch.Tensor, image_offset: in
     )
 
 
+def batch_gradients(model, batch: dict, distance: torch.Tensor, image_offset: int, ld_weight: float, clip: float,
+                    reduction: str = "mean") -> BatchGradients:
+    """The three gradient parts of one collated MVoT batch (:func:`mvot.train.collate`)."""
+    return _summary(*_parts(model, batch, distance, image_offset, reduction), ld_weight, clip)
+
+
 def gradient_shares(model_dir: str | Path, tokens_dir: str | Path, split: str = "train", batches: int = 8,
                     batch_tokens: int = 8192, ld_weight: float = 1.0, clip: float = 1.0, distance: str = "euclidean",
-                    reduction: str = "mean", seed: int = 0, device: str | None = "cpu") -> list[BatchGradients]:
+                    reduction: str = "mean", seed: int = 0, device: str | None = "cpu", eps: float = 1e-8) -> GradientReport:
     """The gradient parts of ``model_dir`` on ``batches`` length-bucketed batches of the MVoT
     sequences of its tasks in ``tokens_dir`` (whatever the model's own variant: a CoT model is
     where an MVoT run from it starts)."""
@@ -121,26 +146,37 @@ def gradient_shares(model_dir: str | Path, tokens_dir: str | Path, split: str = 
         raise GradientError(f"batch_tokens = {batch_tokens} is below the longest sequence ({data.lengths.max()} tokens)")
     chosen = make_batches(data.lengths, batch_tokens, np.random.default_rng([seed, 0]))[:batches]
     lm.model.train()  # as in training (dropout, if the model has any)
-    out = []
+    out, s0, s1, t = [], 0.0, 0.0, 0.0
     for idx in chosen:
         batch = {k: v.to(dev) for k, v in collate(data, idx, lm.vocab, None).items()}
-        out.append(batch_gradients(lm.model, batch, codebook[key].to(dev), lm.vocab.image_offset, ld_weight, clip, reduction))
-    return out
+        g_text, g_image, g_ld = _parts(lm.model, batch, codebook[key].to(dev), lm.vocab.image_offset, reduction)
+        out.append(_summary(g_text, g_image, g_ld, ld_weight, clip))
+        s0 = s0 + (g_text + g_image) ** 2
+        s1 = s1 + (g_text + g_image + ld_weight * g_ld) ** 2
+        t = t + g_text.abs()
+    return GradientReport(out, adam_step_ratio(s0 / len(chosen), s1 / len(chosen), t, eps))
+
+
+def adam_step_ratio(s0: torch.Tensor, s1: torch.Tensor, text: torch.Tensor, eps: float = 1e-8) -> float:
+    """The text's AdamW step with L_D over without (module docstring): per-parameter mean squared
+    gradients ``s0`` (without) and ``s1`` (with), averaged with weights ``text`` (mean |g_text|)."""
+    ratio = (s0.sqrt() + eps) / (s1.sqrt() + eps)
+    return float((text * ratio).sum() / text.sum().clamp_min(1e-30))
 
 
 COLUMNS = ("|g_text|", "|g_image|", "|g_D|", "cos(g_D, g_image)", "cos(g_D, g_text)", "|g| without L_D", "|g| with w L_D",
-           "clip factor without", "clip factor with", "text step with / without")
+           "clip factor without", "clip factor with", "text step with / without: clip", "text step with / without: Adam")
 
 
-def _row(rows: list[BatchGradients]) -> list[float]:
+def _row(report: GradientReport) -> list[float]:
     vals = [[r.text, r.image, r.ld, r.cos_ld_image, r.cos_ld_text, r.norm_without, r.norm_with, r.clip_without, r.clip_with,
-             r.text_step_ratio] for r in rows]
-    return np.mean(np.array(vals), axis=0).tolist()
+             r.text_step_ratio] for r in report.batches]
+    return np.mean(np.array(vals), axis=0).tolist() + [report.adam_text_step_ratio]
 
 
-def gradient_table(results: dict[str, list[BatchGradients]]) -> str:
-    """Markdown: one line per model, each column the mean over its batches."""
+def gradient_table(results: dict[str, GradientReport]) -> str:
+    """Markdown: one line per model, each column the mean over its batches (the last: over all of them)."""
     lines = ["| model | batches | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
-    for name, rows in results.items():
-        lines.append(f"| {name} | {len(rows)} | " + " | ".join(f"{v:.3g}" for v in _row(rows)) + " |")
+    for name, report in results.items():
+        lines.append(f"| {name} | {len(report.batches)} | " + " | ".join(f"{v:.3g}" for v in _row(report)) + " |")
     return "\n".join(lines)

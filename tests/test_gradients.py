@@ -58,8 +58,11 @@ def test_ld_pulls_the_pictures_the_way_the_image_ce_does_and_the_cli_prints_a_ta
     shutil.copytree(model_dir, fresh)
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(fresh)).save_pretrained(fresh)
-    rows = gradient_shares(fresh, tok, batches=2, batch_tokens=4096)
+    report = gradient_shares(fresh, tok, batches=2, batch_tokens=4096)
+    rows = report.batches
     assert 1 <= len(rows) <= 2
+    assert report.adam_text_step_ratio > 0
+    assert gradient_shares(fresh, tok, batches=2, batch_tokens=4096, ld_weight=0.0).adam_text_step_ratio == pytest.approx(1.0)
     assert all(r.cos_ld_image > 0 for r in rows)
     assert all(0 < r.clip_with <= 1 and 0 < r.clip_without <= 1 for r in rows)
 
@@ -74,3 +77,16 @@ def test_ld_pulls_the_pictures_the_way_the_image_ce_does_and_the_cli_prints_a_ta
     assert "dvc repro tokenize" in capsys.readouterr().err
     assert main(["grads", str(model_dir), "--tokens", str(tok), "--batch-tokens", "8"]) == 1
     assert "below the longest sequence" in capsys.readouterr().err
+
+
+def test_adam_step_ratio():
+    """The text's Adam step shrinks where L_D adds to a parameter's squared gradient, weighted by the text's gradient there."""
+    from mvot.gradients import adam_step_ratio
+
+    g = torch.tensor([1.0, -2.0, 0.5])
+    assert adam_step_ratio(g**2, g**2, g.abs()) == pytest.approx(1.0)  # no L_D
+    assert adam_step_ratio(g**2, (2 * g) ** 2, g.abs()) == pytest.approx(0.5, rel=1e-6)  # L_D doubles every gradient
+    assert adam_step_ratio(g**2, (-g) ** 2, g.abs()) == pytest.approx(1.0)  # L_D flips it: same magnitude
+    # only the first parameter gets L_D (4x its squared gradient); the text moves only the second
+    assert adam_step_ratio(g**2, g**2 * torch.tensor([4.0, 1, 1]), torch.tensor([0.0, 1, 0])) == pytest.approx(1.0)
+    assert adam_step_ratio(g**2, g**2 * torch.tensor([4.0, 1, 1]), torch.tensor([1.0, 0, 0])) == pytest.approx(0.5, rel=1e-6)
