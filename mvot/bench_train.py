@@ -120,9 +120,8 @@ class _Setup:
         tokenizer_dir = Path(tokenizer_dir)
         self.vocab = Vocab.load(tokenizer_dir / "vocab.json")
         self.distance = vq.load_codebook(tokenizer_dir)[f"distance_{cfg.ld.distance}"]
-        step_pos = int(getattr(build_model(params, self.vocab).config, "step_pos", 0) or 0)  # a pretrained one's too
-        self.data = load_token_data(tokens_dir, cfg.tasks, "train", self.spec.variant,
-                                    step_indexer(tokenizer_dir, self.vocab, step_pos))
+        self.data = load_token_data(tokens_dir, cfg.tasks, "train", self.spec.variant,  # a pretrained model's step positions too
+                                    step_indexer(tokenizer_dir, self.vocab, build_model(params, self.vocab)))
         # the first n_batches micro-batches of train(): epoch by epoch, same draws
         self.batches: list[tuple[np.ndarray, int, int]] = []
         epoch = 0

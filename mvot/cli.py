@@ -466,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     pb.set_defaults(fn=cmd_probe)
 
     gr = sub.add_parser("grads", help="a training step's gradient split into text, image and L_D parts, and what the "
-                                      "gradient clip does to each (is L_D's share of the clipped update the text's loss?)")
+                                      "gradient clip and AdamW leave of the text's step when L_D is added")
     gr.add_argument("model", nargs="+", help="model directories (a CoT model: where an MVoT run from it starts)")
     gr.add_argument("--tokens", default="data/tokens", help="the token arrays (default: data/tokens); the MVoT sequences are used")
     gr.add_argument("--split", default="train", choices=list(SPLITS))

@@ -75,25 +75,27 @@ class GradientReport:
     adam_text_step_ratio: float
 
 
+def flat_grad(loss: torch.Tensor, params: list[torch.Tensor], retain_graph: bool = False) -> torch.Tensor:
+    """d loss / d params as one vector (zeros for parameters the loss does not reach)."""
+    grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params, strict=True)])
+
+
 def _parts(model, batch: dict, distance: torch.Tensor, image_offset: int, reduction: str) -> list[torch.Tensor]:
     """The flat gradients of L_text, L_image and L_D (weight 1) on one batch."""
     from mvot.train import model_inputs
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    logits = model(**model_inputs(batch)).logits.float()
     targets, sup, img = batch["targets"], batch["supervised"], batch["image"]
     text_pos, image_pos = sup & ~img, sup & img
-    n = max(1, int(text_pos.sum()) + int(image_pos.sum()))
     if not bool(image_pos.any()) or not bool(text_pos.any()):
         raise GradientError("a batch has no image (or no text) positions to supervise: measure on MVoT sequences")
+    n = int(text_pos.sum()) + int(image_pos.sum())
+    params = [p for p in model.parameters() if p.requires_grad]
+    logits = model(**model_inputs(batch)).logits.float()
     ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
     terms = [(ce * text_pos).sum() / n, (ce * image_pos).sum() / n,
              token_discrepancy_loss(logits, targets, image_pos, distance, image_offset, reduction)]
-    flat = []
-    for k, loss in enumerate(terms):
-        grads = torch.autograd.grad(loss, params, retain_graph=k < len(terms) - 1, allow_unused=True)
-        flat.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params, strict=True)]))
-    return flat
+    return [flat_grad(loss, params, retain_graph=k < len(terms) - 1) for k, loss in enumerate(terms)]
 
 
 def _summary(g_text, g_image, g_ld, ld_weight: float, clip: float) -> BatchGradients:
@@ -137,7 +139,8 @@ def gradient_shares(model_dir: str | Path, tokens_dir: str | Path, split: str = 
         raise GradientError(f"unknown L_D distance {distance!r}; the codebook has: "
                             f"{', '.join(k.removeprefix('distance_') for k in codebook if k.startswith('distance_'))}")
     dev = next(lm.model.parameters()).device
-    indexer = step_indexer(tok_dir, lm.vocab, int(getattr(lm.model.config, "step_pos", 0) or 0))
+    dist = codebook[key].to(dev)
+    indexer = step_indexer(tok_dir, lm.vocab, lm.model)
     try:
         data = load_token_data(tokens_dir, tasks, split, "mvot", indexer)
     except (FileNotFoundError, OSError) as exc:
@@ -149,7 +152,7 @@ def gradient_shares(model_dir: str | Path, tokens_dir: str | Path, split: str = 
     out, s0, s1, t = [], 0.0, 0.0, 0.0
     for idx in chosen:
         batch = {k: v.to(dev) for k, v in collate(data, idx, lm.vocab, None).items()}
-        g_text, g_image, g_ld = _parts(lm.model, batch, codebook[key].to(dev), lm.vocab.image_offset, reduction)
+        g_text, g_image, g_ld = _parts(lm.model, batch, dist, lm.vocab.image_offset, reduction)
         out.append(_summary(g_text, g_image, g_ld, ld_weight, clip))
         s0 = s0 + (g_text + g_image) ** 2
         s1 = s1 + (g_text + g_image + ld_weight * g_ld) ** 2

@@ -88,7 +88,7 @@ def probe(model_dir: str | Path, raw_dir: str | Path, task: str | None = None, s
     tok_dir = Path(model_dir) / "tokenizer"
     coder = PatchCoder(vq.load(tok_dir))
     enc = TraceEncoder(lm.vocab, lm.text_tokenizer)
-    indexer = step_indexer(tok_dir, lm.vocab, int(getattr(lm.model.config, "step_pos", 0) or 0))
+    indexer = step_indexer(tok_dir, lm.vocab, lm.model)
     text_tok = lm.text_tokenizer
     dev = next(lm.model.parameters()).device
 

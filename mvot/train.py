@@ -254,8 +254,10 @@ def build_model(params: Params, vocab: Vocab):
                         step_pos=m.step_pos)
 
 
-def step_indexer(tokenizer_dir: str | Path, vocab: Vocab, step_pos: int):
-    """The :class:`mvot.steps.StepIndexer` of a model with step positions, else None."""
+def step_indexer(tokenizer_dir: str | Path, vocab: Vocab, model):
+    """The :class:`mvot.steps.StepIndexer` of ``model`` if it has step positions (its config's
+    ``step_pos``: from params, or from a pretrained checkpoint), else None."""
+    step_pos = int(getattr(model.config, "step_pos", 0) or 0)
     if step_pos <= 0:
         return None
     from mvot.steps import StepIndexer
@@ -320,7 +322,7 @@ def train(
     distance = vq.load_codebook(tokenizer_dir)[f"distance_{cfg.ld.distance}"]
     model = build_model(params, vocab)
     # step positions are the built model's: from params, or from a pretrained checkpoint's config
-    indexer = step_indexer(tokenizer_dir, vocab, int(getattr(model.config, "step_pos", 0) or 0))
+    indexer = step_indexer(tokenizer_dir, vocab, model)
     data = load_token_data(tokens_dir, cfg.tasks, "train", spec.variant, indexer)
     if data.lengths.max() > cfg.model.max_len:
         raise TrainError(f"longest training sequence has {data.lengths.max()} tokens > train.model.max_len = {cfg.model.max_len}")

@@ -2,19 +2,13 @@ import pytest
 import torch
 
 
-def _flat_grad(model, loss):
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params, strict=True)])
-
-
 def test_the_parts_add_up_to_the_training_loss_gradient(tiny_overfit):
     """g_text + g_image is the gradient of L_C as training computes it, and adding w g_D gives L_C + w L_D's."""
     import numpy as np
 
     from mvot import vq
     from mvot.generate import load_model
-    from mvot.gradients import batch_gradients
+    from mvot.gradients import batch_gradients, flat_grad
     from mvot.train import collate, compute_losses, load_token_data, model_inputs, step_indexer
 
     _, model_dir, _, tok, _ = tiny_overfit
@@ -22,14 +16,14 @@ def test_the_parts_add_up_to_the_training_loss_gradient(tiny_overfit):
     tok_dir = model_dir / "tokenizer"
     distance = vq.load_codebook(tok_dir)["distance_euclidean"]
     data = load_token_data(tok, lm.meta["tasks"], "train", "mvot",
-                           step_indexer(tok_dir, lm.vocab, int(getattr(lm.model.config, "step_pos", 0) or 0)))
+                           step_indexer(tok_dir, lm.vocab, lm.model))
     batch = collate(data, np.arange(4), lm.vocab, None)
     w, clip = 0.7, 0.05
 
     def reference(weight):
         logits = lm.model(**model_inputs(batch)).logits.float()
         loss, _ = compute_losses(logits, batch, "mvot", weight, distance, lm.vocab, 0.0, "mean")
-        return _flat_grad(lm.model, loss)
+        return flat_grad(loss, [p for p in lm.model.parameters() if p.requires_grad])
 
     g0, g1 = reference(0.0), reference(w)
     got = batch_gradients(lm.model, batch, distance, lm.vocab.image_offset, w, clip)
