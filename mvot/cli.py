@@ -135,7 +135,7 @@ def cmd_grads(args: argparse.Namespace) -> int:
     from mvot.gradients import gradient_shares, gradient_table
 
     results = {m: gradient_shares(m, args.tokens, args.split, args.batches, args.batch_tokens, args.ld_weight, args.clip,
-                                  args.distance, args.reduction, args.seed, args.device) for m in args.model}
+                                  args.distance, args.reduction, args.seed, args.device, through=args.through) for m in args.model}
     print(gradient_table(results))
     return 0
 
@@ -476,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip (default: 1.0, as train.clip)")
     gr.add_argument("--distance", default="euclidean", choices=["euclidean", "mse"])
     gr.add_argument("--reduction", default="mean", choices=["mean", "sum"])
+    gr.add_argument("--through", default="model", choices=["model", "head"],
+                    help="what L_D's gradient reaches, as train.ld.through: every parameter, or the output layer only")
     gr.add_argument("--seed", type=int, default=0, help="which batches (default: 0)")
     gr.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     gr.set_defaults(fn=cmd_grads)

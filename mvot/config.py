@@ -236,6 +236,10 @@ class DiscrepancyConfig(_Section):
     reduction: str = Field(pattern="^(mean|sum)$", description="mean (released code) or sum (paper)")
     from_step: int = Field(0, ge=0, description="L_D joins L_C from this step of the run on (0: from the first, as in the "
                            "paper; later: once the text is learned, so L_D's share of the clipped update costs the text less)")
+    through: Literal["model", "head"] = Field(
+        "model", description="what L_D's gradient reaches: model (every parameter, as in the paper) or head (the output "
+        "layer only: the hidden states it reads are detached, so L_D shapes how the head ranks image codes and leaves "
+        "the shared transformer, and so the text's AdamW statistics, to L_C; see `mvot grads`)")
 
 
 class TrainConfig(_Section):

@@ -81,9 +81,11 @@ def flat_grad(loss: torch.Tensor, params: list[torch.Tensor], retain_graph: bool
     return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params, strict=True)])
 
 
-def _parts(model, batch: dict, distance: torch.Tensor, image_offset: int, reduction: str) -> list[torch.Tensor]:
-    """The flat gradients of L_text, L_image and L_D (weight 1) on one batch."""
-    from mvot.train import model_inputs
+def _parts(model, batch: dict, distance: torch.Tensor, image_offset: int, reduction: str, through: str = "model") -> list[torch.Tensor]:
+    """The flat gradients of L_text, L_image and L_D (weight 1) on one batch; with ``through``
+    = ``head``, L_D is taken as ``train.ld.through: head`` takes it (its gradient reaches the
+    output layer only)."""
+    from mvot.train import HeadInput, model_inputs
 
     targets, sup, img = batch["targets"], batch["supervised"], batch["image"]
     text_pos, image_pos = sup & ~img, sup & img
@@ -91,10 +93,22 @@ def _parts(model, batch: dict, distance: torch.Tensor, image_offset: int, reduct
         raise GradientError("a batch has no image (or no text) positions to supervise: measure on MVoT sequences")
     n = int(text_pos.sum()) + int(image_pos.sum())
     params = [p for p in model.parameters() if p.requires_grad]
-    logits = model(**model_inputs(batch)).logits.float()
+    if through not in ("model", "head"):
+        raise GradientError(f"through must be 'model' or 'head', got {through!r}")
+    head = HeadInput(model) if through == "head" else None
+    try:
+        logits = model(**model_inputs(batch)).logits.float()
+        if head is None:
+            ld = token_discrepancy_loss(logits, targets, image_pos, distance, image_offset, reduction)
+        else:
+            ld_logits = head.ld_logits(batch).float()[None]
+            every = torch.ones(ld_logits.shape[:2], dtype=torch.bool, device=ld_logits.device)
+            ld = token_discrepancy_loss(ld_logits, targets[image_pos][None], every, distance, image_offset, reduction)
+    finally:
+        if head is not None:
+            head.remove()
     ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-    terms = [(ce * text_pos).sum() / n, (ce * image_pos).sum() / n,
-             token_discrepancy_loss(logits, targets, image_pos, distance, image_offset, reduction)]
+    terms = [(ce * text_pos).sum() / n, (ce * image_pos).sum() / n, ld]
     return [flat_grad(loss, params, retain_graph=k < len(terms) - 1) for k, loss in enumerate(terms)]
 
 
@@ -110,14 +124,15 @@ def _summary(g_text, g_image, g_ld, ld_weight: float, clip: float) -> BatchGradi
 
 
 def batch_gradients(model, batch: dict, distance: torch.Tensor, image_offset: int, ld_weight: float, clip: float,
-                    reduction: str = "mean") -> BatchGradients:
+                    reduction: str = "mean", through: str = "model") -> BatchGradients:
     """The three gradient parts of one collated MVoT batch (:func:`mvot.train.collate`)."""
-    return _summary(*_parts(model, batch, distance, image_offset, reduction), ld_weight, clip)
+    return _summary(*_parts(model, batch, distance, image_offset, reduction, through), ld_weight, clip)
 
 
 def gradient_shares(model_dir: str | Path, tokens_dir: str | Path, split: str = "train", batches: int = 8,
                     batch_tokens: int = 8192, ld_weight: float = 1.0, clip: float = 1.0, distance: str = "euclidean",
-                    reduction: str = "mean", seed: int = 0, device: str | None = "cpu", eps: float = 1e-8) -> GradientReport:
+                    reduction: str = "mean", seed: int = 0, device: str | None = "cpu", eps: float = 1e-8,
+                    through: str = "model") -> GradientReport:
     """The gradient parts of ``model_dir`` on ``batches`` length-bucketed batches of the MVoT
     sequences of its tasks in ``tokens_dir`` (whatever the model's own variant: a CoT model is
     where an MVoT run from it starts)."""
@@ -152,7 +167,7 @@ def gradient_shares(model_dir: str | Path, tokens_dir: str | Path, split: str = 
     out, s0, s1, t = [], 0.0, 0.0, 0.0
     for idx in chosen:
         batch = {k: v.to(dev) for k, v in collate(data, idx, lm.vocab, None).items()}
-        g_text, g_image, g_ld = _parts(lm.model, batch, dist, lm.vocab.image_offset, reduction)
+        g_text, g_image, g_ld = _parts(lm.model, batch, dist, lm.vocab.image_offset, reduction, through)
         out.append(_summary(g_text, g_image, g_ld, ld_weight, clip))
         s0 = s0 + (g_text + g_image) ** 2
         s1 = s1 + (g_text + g_image + ld_weight * g_ld) ** 2

@@ -112,6 +112,8 @@ def _sweep_facts(trials: list[dict]) -> dict:
             facts.setdefault("pretrained", {})[row["trial"]] = params.train.model.pretrained
         if params.train.ld.from_step:
             facts.setdefault("ld_from_step", params.train.ld.from_step)
+        if params.train.ld.through != "model" and float(row.get("ld_weight") or 0) > 0:
+            facts.setdefault("ld_through", params.train.ld.through)
     return facts
 
 
@@ -190,6 +192,8 @@ def results_table(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
             note += "; initialised from " + ", ".join(f"{p} ({t})" for t, p in facts["pretrained"].items())
         if facts.get("ld_from_step"):
             note += f"; L_D added from step {facts['ld_from_step']:,}"
+        if facts.get("ld_through"):
+            note += f"; L_D through the {facts['ld_through']} only"
         notes.append(note)
     for task in TASKS:
         if task not in per_task:

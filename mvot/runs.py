@@ -36,7 +36,7 @@ def train_run(
         versions = dvc_out_hashes([f"{Path(tokens_dir).as_posix()}/{t}" for t in cfg.tasks])
         tracker.set_tags(
             {"run": run, "variant": spec.variant, "ld_weight": str(spec.ld_weight), "ld_distance": cfg.ld.distance,
-             "ld_reduction": cfg.ld.reduction, "ld_from_step": cfg.ld.from_step} | {f"data_version.{k}": v for k, v in versions.items()}
+             "ld_reduction": cfg.ld.reduction, "ld_from_step": cfg.ld.from_step, "ld_through": cfg.ld.through} | {f"data_version.{k}": v for k, v in versions.items()}
         )
 
     out = Path(out_root) / run

@@ -179,16 +179,52 @@ def model_inputs(batch: dict) -> dict:
 # Losses
 
 
+class HeadInput:
+    """Keeps what the model's output layer read on the last forward pass (the final hidden
+    states), so L_D can be taken through the head alone (``train.ld.through: head``)."""
+
+    def __init__(self, model):
+        self.head = model.get_output_embeddings()
+        if self.head is None:
+            raise TrainError(f"{type(model).__name__} has no output embeddings: train.ld.through = head needs a causal LM head")
+        self.hidden: torch.Tensor | None = None
+        self.hook = self.head.register_forward_hook(self._keep)
+
+    def _keep(self, module, args, output) -> None:
+        self.hidden = args[0]
+
+    def ld_logits(self, batch: dict) -> torch.Tensor:
+        """(M, V) logits of the M image targets of ``batch`` from the detached hidden states:
+        their gradient reaches the head's weights and nothing before it."""
+        if self.hidden is None:
+            raise TrainError("HeadInput.ld_logits called before a forward pass")
+        hidden, self.hidden = self.hidden, None
+        mask = image_targets(batch, "mvot")
+        if hidden.shape[:2] != mask.shape:
+            raise TrainError(f"output layer read hidden states of shape {tuple(hidden.shape[:2])}, targets are {tuple(mask.shape)}")
+        return self.head(hidden[mask].detach())
+
+    def remove(self) -> None:
+        self.hook.remove()
+
+
+def image_targets(batch: dict, variant: str) -> torch.Tensor:
+    """(B, T) bool: supervised positions whose target is an image code (none unless mvot)."""
+    sup, img = batch["supervised"], batch["image"]
+    return sup & img if variant == "mvot" else torch.zeros_like(sup)
+
+
 def compute_losses(logits, batch, variant: str, ld_weight: float, distance, vocab: Vocab, label_smoothing: float, ld_reduction: str,
-                   text_weight: float = 1.0):
+                   text_weight: float = 1.0, ld_logits: torch.Tensor | None = None):
     """Total loss and its logged terms (text CE, image CE, L_D).
 
     L_C is the cross-entropy averaged over the supervised positions, a text position
     counting ``text_weight`` times (1 = the plain average; only the mvot variant has both
-    kinds, so only it is affected)."""
+    kinds, so only it is affected). ``ld_logits`` ((M, V), the image targets' logits from
+    :meth:`HeadInput.ld_logits`) is what L_D is taken on when given; otherwise ``logits``."""
     targets, sup, img = batch["targets"], batch["supervised"], batch["image"]
     text_pos = sup & ~img
-    image_pos = sup & img if variant == "mvot" else torch.zeros_like(sup)
+    image_pos = image_targets(batch, variant)
     ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none", label_smoothing=label_smoothing)  # (B, T)
     n_text, n_img = int(text_pos.sum()), int(image_pos.sum())
     loss_c = (text_weight * (ce * text_pos).sum() + (ce * image_pos).sum()) / max(1.0, text_weight * n_text + n_img)
@@ -198,7 +234,11 @@ def compute_losses(logits, batch, variant: str, ld_weight: float, distance, voca
     }
     loss = loss_c
     if ld_weight > 0 and n_img:
-        ld = token_discrepancy_loss(logits, targets, image_pos, distance, vocab.image_offset, ld_reduction)
+        if ld_logits is None:
+            ld = token_discrepancy_loss(logits, targets, image_pos, distance, vocab.image_offset, ld_reduction)
+        else:
+            every = torch.ones(1, n_img, dtype=torch.bool, device=ld_logits.device)
+            ld = token_discrepancy_loss(ld_logits.float()[None], targets[image_pos][None], every, distance, vocab.image_offset, ld_reduction)
         loss = loss + ld_weight * ld
         terms["loss/ld"] = float(ld.detach())
     terms["loss/total"] = float(loss.detach())
@@ -355,6 +395,8 @@ def train(
         raise TrainError(f"{ckpt}: no checkpoint to resume from")
     start_step = step
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    # L_D through the head alone: its logits are recomputed from the detached hidden states
+    head_input = HeadInput(core) if cfg.ld.through == "head" and spec.ld_weight > 0 else None
 
     # the data position of micro-batch m is a pure function of m: (epoch, index in epoch)
     first = epoch_batches_of(np.random.default_rng([params.seed, 0]))
@@ -395,11 +437,13 @@ def train(
             # N x grad_accum sees
             idx, rng = batch_at((step * cfg.grad_accum + micro) * world + rank)
             batch = {k: v.to(dev) for k, v in collate(data, idx, vocab, rng if cfg.augment else None).items()}
+            ld_weight = spec.ld_weight if step >= cfg.ld.from_step else 0.0
             with autocast:
                 logits = model(**model_inputs(batch)).logits
+                ld_logits = head_input.ld_logits(batch) if head_input is not None and ld_weight > 0 else None
             loss, terms = compute_losses(
-                logits.float(), batch, spec.variant, spec.ld_weight if step >= cfg.ld.from_step else 0.0, distance, vocab,
-                cfg.label_smoothing, cfg.ld.reduction, cfg.text_weight,
+                logits.float(), batch, spec.variant, ld_weight, distance, vocab,
+                cfg.label_smoothing, cfg.ld.reduction, cfg.text_weight, ld_logits,
             )
             (loss / cfg.grad_accum).backward()
             tokens_seen += int(batch["attention_mask"].sum())  # real (unpadded) tokens
@@ -421,6 +465,8 @@ def train(
             save_checkpoint(ckpt, core, opt, sched, step, prior_seconds + time.perf_counter() - t0)
     if bar:
         bar.close()
+    if head_input is not None:
+        head_input.remove()
     if step >= cfg.steps and rank == 0:
         geometry = {t: params.render.task(t).model_dump() | {"canvas_cells": params.canvas_cells(t),
                         "sizes": list(params.generate.task(t).sizes)} for t in cfg.tasks}

@@ -84,3 +84,54 @@ def test_adam_step_ratio():
     # only the first parameter gets L_D (4x its squared gradient); the text moves only the second
     assert adam_step_ratio(g**2, g**2 * torch.tensor([4.0, 1, 1]), torch.tensor([0.0, 1, 0])) == pytest.approx(1.0)
     assert adam_step_ratio(g**2, g**2 * torch.tensor([4.0, 1, 1]), torch.tensor([1.0, 0, 0])) == pytest.approx(0.5, rel=1e-6)
+
+
+def test_ld_through_the_head_has_the_same_value_and_reaches_only_the_output_layer(tiny_overfit):
+    """train.ld.through = head: L_D is the same number, its gradient is zero everywhere but
+    the output layer (so the text's AdamW statistics in the shared layers are left alone),
+    and on the output layer it equals the full L_D's gradient there."""
+    import numpy as np
+
+    from mvot import vq
+    from mvot.generate import load_model
+    from mvot.gradients import GradientError, _parts, batch_gradients
+    from mvot.losses import token_discrepancy_loss
+    from mvot.train import (
+        HeadInput,
+        collate,
+        compute_losses,
+        load_token_data,
+        model_inputs,
+        step_indexer,
+    )
+
+    _, model_dir, _, tok, _ = tiny_overfit
+    lm = load_model(model_dir, "cpu")
+    tok_dir = model_dir / "tokenizer"
+    distance = vq.load_codebook(tok_dir)["distance_euclidean"]
+    data = load_token_data(tok, lm.meta["tasks"], "train", "mvot", step_indexer(tok_dir, lm.vocab, lm.model))
+    batch = collate(data, np.arange(4), lm.vocab, None)
+    params = [p for p in lm.model.parameters() if p.requires_grad]
+    head = lm.model.get_output_embeddings()
+    is_head = torch.cat([torch.full((p.numel(),), any(p is q for q in head.parameters())) for p in params])
+
+    _, _, ld_model = _parts(lm.model, batch, distance, lm.vocab.image_offset, "mean", "model")
+    _, _, ld_head = _parts(lm.model, batch, distance, lm.vocab.image_offset, "mean", "head")
+    assert float(ld_model[~is_head].norm()) > 0 and float(ld_model[is_head].norm()) > 0
+    assert float(ld_head[~is_head].abs().max()) == 0.0
+    assert torch.allclose(ld_head[is_head], ld_model[is_head], atol=1e-6)
+
+    hook = HeadInput(lm.model)
+    logits = lm.model(**model_inputs(batch)).logits.float()
+    via_head = hook.ld_logits(batch)
+    hook.remove()
+    image = batch["supervised"] & batch["image"]
+    _, terms = compute_losses(logits, batch, "mvot", 1.0, distance, lm.vocab, 0.0, "mean", ld_logits=via_head)
+    full = token_discrepancy_loss(logits, batch["targets"], image, distance, lm.vocab.image_offset)
+    assert terms["loss/ld"] == pytest.approx(float(full.detach()), rel=1e-5)
+    assert not head._forward_hooks  # removed: a saved or reused model carries no hook
+
+    got = batch_gradients(lm.model, batch, distance, lm.vocab.image_offset, 1.0, 1.0, through="head")
+    assert got.ld == pytest.approx(float(ld_head.norm()), rel=1e-4)
+    with pytest.raises(GradientError, match="through must be 'model' or 'head'"):
+        _parts(lm.model, batch, distance, lm.vocab.image_offset, "mean", "trunk")

@@ -96,6 +96,27 @@ def test_ld_joins_from_its_step(tiny_tokens, raw_params, tmp_path):
         _params(raw_params, steps=4, ld={"distance": "euclidean", "reduction": "mean", "from_step": 4})
 
 
+def test_ld_through_the_head_trains_and_logs_it(tiny_tokens, raw_params, tmp_path):
+    """train.ld.through = head: the first step's L_D is the same number as with the full
+    gradient (same weights, same batch); the runs then differ; a bad value is refused by name."""
+    from mvot.config import ConfigError
+
+    _, tok_dir, tokens_dir = tiny_tokens
+    logs = {}
+    for through in ("model", "head"):
+        p = _params(raw_params, tasks=["maze"], steps=3, log_every=1, ld={"distance": "euclidean", "reduction": "mean",
+                                                                             "through": through})
+        seen = []
+        train(p, "run", tokens_dir, tok_dir, tmp_path / through, log=lambda m, s, seen=seen: seen.append(m), progress=False)
+        logs[through] = seen
+    assert logs["head"][0]["loss/ld"] == pytest.approx(logs["model"][0]["loss/ld"], rel=1e-5)
+    assert logs["head"][-1]["loss/total"] != logs["model"][-1]["loss/total"]
+    assert (tmp_path / "head" / "model" / "model.safetensors").is_file()
+    bad = raw_params | {"train": raw_params["train"] | {"ld": raw_params["train"]["ld"] | {"through": "trunk"}}}
+    with pytest.raises(ConfigError, match="train.ld.through"):
+        parse_params(bad)
+
+
 def test_oversample_repeats_the_named_outcomes(tiny_tokens, tiny_generated, raw_params, tmp_path):
     from mvot.data import read_split
     from mvot.worlds import outcome
