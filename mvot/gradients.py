@@ -35,7 +35,6 @@ import torch.nn.functional as F
 
 from mvot import vq
 from mvot.errors import MvotError
-from mvot.losses import token_discrepancy_loss
 
 
 class GradientError(MvotError, ValueError):
@@ -85,10 +84,11 @@ def _parts(model, batch: dict, distance: torch.Tensor, image_offset: int, reduct
     """The flat gradients of L_text, L_image and L_D (weight 1) on one batch; with ``through``
     = ``head``, L_D is taken as ``train.ld.through: head`` takes it (its gradient reaches the
     output layer only)."""
-    from mvot.train import HeadInput, model_inputs
+    from mvot.train import HeadInput, discrepancy, image_targets, model_inputs
 
-    targets, sup, img = batch["targets"], batch["supervised"], batch["image"]
-    text_pos, image_pos = sup & ~img, sup & img
+    targets = batch["targets"]
+    image_pos = image_targets(batch, "mvot")
+    text_pos = batch["supervised"] & ~image_pos
     if not bool(image_pos.any()) or not bool(text_pos.any()):
         raise GradientError("a batch has no image (or no text) positions to supervise: measure on MVoT sequences")
     n = int(text_pos.sum()) + int(image_pos.sum())
@@ -98,12 +98,7 @@ def _parts(model, batch: dict, distance: torch.Tensor, image_offset: int, reduct
     head = HeadInput(model) if through == "head" else None
     try:
         logits = model(**model_inputs(batch)).logits.float()
-        if head is None:
-            ld = token_discrepancy_loss(logits, targets, image_pos, distance, image_offset, reduction)
-        else:
-            ld_logits = head.ld_logits(batch).float()[None]
-            every = torch.ones(ld_logits.shape[:2], dtype=torch.bool, device=ld_logits.device)
-            ld = token_discrepancy_loss(ld_logits, targets[image_pos][None], every, distance, image_offset, reduction)
+        ld = discrepancy(logits, targets, image_pos, distance, image_offset, reduction, head.ld_logits(batch) if head else None)
     finally:
         if head is not None:
             head.remove()

@@ -214,6 +214,15 @@ def image_targets(batch: dict, variant: str) -> torch.Tensor:
     return sup & img if variant == "mvot" else torch.zeros_like(sup)
 
 
+def discrepancy(logits, targets, image_pos, distance, image_offset: int, reduction: str, ld_logits: torch.Tensor | None = None):
+    """L_D over the image targets ``image_pos``: on ``logits`` (B, T, V), or, when given, on
+    ``ld_logits`` ((M, V), those targets' rows from :meth:`HeadInput.ld_logits`)."""
+    if ld_logits is None:
+        return token_discrepancy_loss(logits, targets, image_pos, distance, image_offset, reduction)
+    every = torch.ones(1, ld_logits.shape[0], dtype=torch.bool, device=ld_logits.device)
+    return token_discrepancy_loss(ld_logits.float()[None], targets[image_pos][None], every, distance, image_offset, reduction)
+
+
 def compute_losses(logits, batch, variant: str, ld_weight: float, distance, vocab: Vocab, label_smoothing: float, ld_reduction: str,
                    text_weight: float = 1.0, ld_logits: torch.Tensor | None = None):
     """Total loss and its logged terms (text CE, image CE, L_D).
@@ -234,11 +243,7 @@ def compute_losses(logits, batch, variant: str, ld_weight: float, distance, voca
     }
     loss = loss_c
     if ld_weight > 0 and n_img:
-        if ld_logits is None:
-            ld = token_discrepancy_loss(logits, targets, image_pos, distance, vocab.image_offset, ld_reduction)
-        else:
-            every = torch.ones(1, n_img, dtype=torch.bool, device=ld_logits.device)
-            ld = token_discrepancy_loss(ld_logits.float()[None], targets[image_pos][None], every, distance, vocab.image_offset, ld_reduction)
+        ld = discrepancy(logits, targets, image_pos, distance, vocab.image_offset, ld_reduction, ld_logits)
         loss = loss + ld_weight * ld
         terms["loss/ld"] = float(ld.detach())
     terms["loss/total"] = float(loss.detach())
