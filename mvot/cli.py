@@ -140,6 +140,20 @@ def cmd_grads(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_codebook(args: argparse.Namespace) -> int:
+    from mvot import vq
+
+    cols = ["tokenizer", "patch px", "live codes", "codebook", "duplicate pairs", "nearest distance",
+            "median distance", "spearman (embedding vs pixels)", "nearest agree"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for d in args.tokenizer:
+        g = vq.codebook_geometry(vq.load(d))
+        print(f"| {d} | {g['patch_px']} | {g['codes']} | {g['codebook_size']} | {g['duplicate_pairs']} | "
+              f"{g['nearest_distance']:.2f} | {g['median_distance']:.2f} | {g['spearman']:.3f} | {g['nearest_agree']:.1%} |")
+    return 0
+
+
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from mvot.tokenizers import run_stage
 
@@ -481,6 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("--seed", type=int, default=0, help="which batches (default: 0)")
     gr.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     gr.set_defaults(fn=cmd_grads)
+
+    cb = sub.add_parser("codebook", help="what L_D sees: duplicate codes, and how code-embedding distance ranks "
+                                         "against the distance of the decoded patches")
+    cb.add_argument("tokenizer", nargs="*", default=["models/tokenizer"],
+                    help="tokenizer directories (default: models/tokenizer)")
+    cb.set_defaults(fn=cmd_codebook)
 
     b = sub.add_parser("bench", help="benchmarks that print figures")
     b.add_argument("what", choices=["generate", "parse", "train", "decode"],

@@ -214,3 +214,58 @@ def patches_of(images: np.ndarray, patch: int) -> np.ndarray:
 
 def recon_loss(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(recon, x)
+
+
+# --------------------------------------------------------------------------------------
+# Codebook geometry: what the token discrepancy loss can see (`mvot codebook`)
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1 of ``x``, ties sharing their average rank (as Spearman's rho needs)."""
+    xs = np.sort(x)
+    return (np.searchsorted(xs, x, "left") + np.searchsorted(xs, x, "right") - 1) / 2.0
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two equal-length samples (nan if either is constant)."""
+    ra, rb = _average_ranks(np.asarray(a, float)), _average_ranks(np.asarray(b, float))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = float(np.sqrt((ra**2).sum() * (rb**2).sum()))
+    return float((ra * rb).sum() / den) if den > 0 else float("nan")
+
+
+def geometry(embeddings: torch.Tensor, pixels: torch.Tensor) -> dict:
+    """How code-embedding distance (what L_D weighs) relates to what the codes look like.
+
+    embeddings: (N, D) the live codes; pixels: (N, P) each code's decoded patch, uint8 values.
+    Returns the number of codes; ``duplicate_pairs``, pairs of codes whose decoded patches are
+    identical (visually equivalent codes, over which cross-entropy splits its target and L_D
+    does not); the nearest and median embedding distance between two codes; ``spearman``,
+    the rank correlation of embedding and pixel distance over all pairs; and
+    ``nearest_agree``, the share of codes whose nearest code in pixels is also their nearest
+    in embedding space.
+    """
+    n = embeddings.shape[0]
+    if n < 2:
+        raise ValueError(f"need at least 2 codes, got {n}")
+    de = torch.cdist(embeddings.double(), embeddings.double()).numpy()
+    dp = torch.cdist(pixels.double(), pixels.double()).numpy()
+    iu = np.triu_indices(n, 1)
+    np.fill_diagonal(de, np.inf)
+    np.fill_diagonal(dp, np.inf)
+    return {
+        "codes": int(n),
+        "duplicate_pairs": int((dp[iu] == 0).sum()),
+        "nearest_distance": float(de[iu].min()),
+        "median_distance": float(np.median(de[iu])),
+        "spearman": spearman(de[iu], dp[iu]),
+        "nearest_agree": float((de.argmin(1) == dp.argmin(1)).mean()),
+    }
+
+
+@torch.no_grad()
+def codebook_geometry(model: PatchVQ) -> dict:
+    """:func:`geometry` of a tokenizer's live codes (the ones encoding can produce)."""
+    emb = model.codebook[model.live]
+    pix = ((model.decoder(emb).clamp(-1, 1) + 1.0) * 127.5).round()
+    return geometry(emb, pix) | {"codebook_size": int(model.spec.codebook_size), "patch_px": int(model.spec.patch_px)}

@@ -88,6 +88,41 @@ def test_tiny_tokenizer_fidelity_and_usage(tiny_tokenizer, tiny_generated):
     assert book["embeddings"].shape[0] == n and book["distance_euclidean"].shape == (n, n)
 
 
+def test_spearman_and_geometry_by_hand():
+    assert vq.spearman(np.array([1, 2, 3, 4]), np.array([10, 20, 30, 40])) == pytest.approx(1.0)
+    assert vq.spearman(np.array([1, 2, 3]), np.array([3, 2, 1])) == pytest.approx(-1.0)
+    assert vq.spearman(np.array([1, 1, 2]), np.array([5, 5, 9])) == pytest.approx(1.0)  # ties share a rank
+    assert np.isnan(vq.spearman(np.array([1, 1, 1]), np.array([1, 2, 3])))
+    # four codes on a line at 0, 1, 3, 7; pixels that order the pairs the same way
+    emb = torch.tensor([[0.0], [1.0], [3.0], [7.0]])
+    g = vq.geometry(emb, torch.tensor([[0.0], [10.0], [30.0], [70.0]]))
+    assert g == {"codes": 4, "duplicate_pairs": 0, "nearest_distance": 1.0, "median_distance": 3.5,
+                 "spearman": pytest.approx(1.0), "nearest_agree": 1.0}
+    # codes 2 and 3 decode to the same patch: one duplicate pair; code 2's nearest in pixels is
+    # now code 3, in embeddings still code 1 (the only disagreement of the four)
+    g = vq.geometry(emb, torch.tensor([[0.0], [10.0], [30.0], [30.0]]))
+    assert g["duplicate_pairs"] == 1 and g["nearest_agree"] == 0.75
+    # pixels in the reverse order of embeddings: distance ranks disagree
+    g = vq.geometry(emb, torch.tensor([[70.0], [30.0], [10.0], [0.0]]))
+    assert g["spearman"] < 0.5 and g["nearest_agree"] < 1.0
+    with pytest.raises(ValueError, match="at least 2 codes"):
+        vq.geometry(emb[:1], emb[:1])
+
+
+def test_codebook_geometry_of_a_trained_tokenizer(tiny_tokenizer, capsys):
+    from mvot.cli import main
+
+    _, tok_dir, metrics = tiny_tokenizer
+    g = vq.codebook_geometry(vq.load(tok_dir))
+    assert g["codes"] == metrics["codebook"]["used_codes"] and g["codebook_size"] == metrics["codebook"]["size"]
+    assert g["duplicate_pairs"] == 0  # one code per distinct drawing, each decoding to its own patch
+    assert g["spearman"] > 0.5  # a trained VQ puts look-alike patches near each other
+    assert 0 < g["nearest_distance"] <= g["median_distance"]
+    assert main(["codebook", str(tok_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"| {tok_dir} | 16 | {g['codes']} | {g['codebook_size']} | 0 |" in out
+
+
 def test_usage_and_augmentation_by_hand():
     u = codebook_usage(np.array([0, 1]), np.array([1.0, 1.0]), 4)
     assert u == {"perplexity": pytest.approx(2.0), "used_codes": 2, "unused_codes": 2}
