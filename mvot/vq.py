@@ -100,7 +100,7 @@ class PatchVQ(nn.Module):
     def to_uint8(self, x: torch.Tensor, side: int) -> np.ndarray:
         """``(B, side*side, p*p*3)`` -> uint8 ``(B, S, S, 3)``."""
         p = self.spec.patch_px
-        arr = ((x.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).numpy()
+        arr = _pixel_values(x).to(torch.uint8).numpy()
         b = arr.shape[0]
         return arr.reshape(b, side, side, p, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(b, side * p, side * p, 3)
 
@@ -132,6 +132,11 @@ class PatchVQ(nn.Module):
     def codebook(self) -> torch.Tensor:
         """The ``(N, D)`` code embeddings."""
         return self.quantizer.codebook.detach()
+
+
+def _pixel_values(x: torch.Tensor) -> torch.Tensor:
+    """Decoder output in [-1, 1] -> pixel values 0..255 (rounded, still float)."""
+    return ((x.clamp(-1, 1) + 1.0) * 127.5).round()
 
 
 def distance_matrix(codebook: torch.Tensor, kind: str = "euclidean") -> torch.Tensor:
@@ -248,7 +253,7 @@ def geometry(embeddings: torch.Tensor, pixels: torch.Tensor) -> dict:
     n = embeddings.shape[0]
     if n < 2:
         raise ValueError(f"need at least 2 codes, got {n}")
-    de = torch.cdist(embeddings.double(), embeddings.double()).numpy()
+    de = distance_matrix(embeddings, "euclidean").double().numpy()  # the distance L_D weighs
     dp = torch.cdist(pixels.double(), pixels.double()).numpy()
     iu = np.triu_indices(n, 1)
     np.fill_diagonal(de, np.inf)
@@ -267,5 +272,5 @@ def geometry(embeddings: torch.Tensor, pixels: torch.Tensor) -> dict:
 def codebook_geometry(model: PatchVQ) -> dict:
     """:func:`geometry` of a tokenizer's live codes (the ones encoding can produce)."""
     emb = model.codebook[model.live]
-    pix = ((model.decoder(emb).clamp(-1, 1) + 1.0) * 127.5).round()
+    pix = _pixel_values(model.decoder(emb))
     return geometry(emb, pix) | {"codebook_size": int(model.spec.codebook_size), "patch_px": int(model.spec.patch_px)}
