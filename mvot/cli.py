@@ -61,9 +61,11 @@ def _tracked(args: argparse.Namespace, experiment: str, run_name: str, parent_ru
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from mvot.report import by_size_tables, results_table
+    from mvot.report import by_size_tables, ld_pairs, results_table
 
     table = results_table(args.sweeps, args.patch_px)
+    if args.ld_pairs:  # computed before anything is printed or written: no pair is an error, not half a report
+        table += "\n\nL_D against MVoT without L_D, seed by seed:\n\n" + ld_pairs(args.sweeps, args.patch_px)
     print(table)
     written = by_size_tables(args.sweeps, args.plots, args.patch_px) if args.plots else []
     for path in written:
@@ -448,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("sweeps", nargs="+", help="sweep directories, e.g. sweeps/table-frozenlake; A+B reads sweeps A and B as one (seeds run as separate sweeps)")
     rp.add_argument("--patch-px", type=int, default=16, help="the tokens-per-image setting to tabulate (default: 16)")
     rp.add_argument("--plots", help="also write accuracy-by-grid-size CSVs (DVC plots), their figure and the trials' training curves here, e.g. plots")
+    rp.add_argument("--ld-pairs", action="store_true",
+                    help="also compare each MVoT trial with L_D with the one without L_D of the same seed: "
+                         "V-Acc, V-Red and accuracy differences, their mean and spread, seeds that went the paper's way")
     rp.add_argument("--track", action="store_true",
                     help="also log the table and the by-size plots as an MLflow run (experiment 'report')")
     rp.set_defaults(fn=cmd_report)

@@ -298,8 +298,10 @@ def test_trials_racing_to_create_an_experiment_share_it(tmp_path):
     assert exp_id == calls[1] == mlflow.get_experiment_by_name("shared").experiment_id
 
 
-def _report_trial(sweep_dir, raw_params, variant, ld, seed, acc, golds_preds, patch_px=16, task="maze", **params_over):
-    """A finished trial as the sweep flow leaves it: row.json, params.yaml, predictions."""
+def _report_trial(sweep_dir, raw_params, variant, ld, seed, acc, golds_preds, patch_px=16, task="maze", scores=None,
+                  **params_over):
+    """A finished trial as the sweep flow leaves it: row.json, params.yaml, predictions
+    (``scores`` overrides the task's metrics)."""
     import json
 
     from mvot.sweep import trial_key
@@ -308,7 +310,7 @@ def _report_trial(sweep_dir, raw_params, variant, ld, seed, acc, golds_preds, pa
          "parameters": 1_472_000, "variant": variant, "ld_weight": ld, "seed": seed}
     t["trial"] = trial_key(t)
     t["tasks"] = {task: {"accuracy": acc, "v_acc": 99.0 if variant == "mvot" else None,
-                           "accuracy_by_size": {"3": acc + 2, "6": acc - 2}}}
+                           "accuracy_by_size": {"3": acc + 2, "6": acc - 2}} | (scores or {})}
     d = sweep_dir / "trials" / t["trial"]
     (d / "eval" / "trial" / task).mkdir(parents=True)
     raw = copy.deepcopy(raw_params)
@@ -386,6 +388,37 @@ def test_report_tabulates_the_paper_rows_with_seed_spread(raw_params, tmp_path):
            "minibehavior 100; L_D added from step 60" in results_table([d, h])
     csv_file, _ = by_size_tables([d, g], tmp_path / "plots")
     assert csv_file.read_text().splitlines()[0] == "size,CoT,MVoT (L_D 1.0),MVoT (L_D 0.1)"
+
+
+def test_ld_pairs_compare_each_seed_with_and_without_ld(raw_params, tmp_path, capsys):
+    from mvot.cli import main
+    from mvot.report import ReportError, ld_pairs
+
+    d, e = tmp_path / "fl-p8", tmp_path / "fl-p8-s1"
+    # seed 0: L_D the paper's way (V-Acc up, V-Red down); seed 1: the other way; seed 2: no L_D row, left out
+    for sweep, w, seed, acc, v_acc, v_red in ((d, 0.0, 0, 43.0, 40.0, 50.0), (d, 1.0, 0, 41.0, 56.0, 39.0),
+                                              (e, 0.0, 1, 42.0, 34.0, 60.0), (e, 1.0, 1, 40.0, 24.0, 68.0),
+                                              (e, 0.0, 2, 44.0, 30.0, 70.0)):
+        _report_trial(sweep, raw_params, "mvot", w, seed, acc, [], patch_px=8, task="frozenlake",
+                      scores={"v_acc": v_acc, "v_red": v_red})
+    md = ld_pairs([f"{d}+{e}"], patch_px=8)
+    rows = [x for x in md.splitlines() if x.startswith("| frozenlake |")]
+    assert rows[0] == "| frozenlake | fl-p8+fl-p8-s1 | 1 | 0 | 56.0 / 40.0 | +16.0 | 39.0 / 50.0 | -11.0 | 41.0 / 43.0 | -2.0 |"
+    assert rows[1] == "| frozenlake | fl-p8+fl-p8-s1 | 1 | 1 | 24.0 / 34.0 | -10.0 | 68.0 / 60.0 | +8.0 | 40.0 / 42.0 | -2.0 |"
+    # mean of the differences and their sample standard deviation: (16 - 10) / 2 = 3, sd 18.38
+    assert rows[2] == ("| frozenlake | fl-p8+fl-p8-s1 | 1 | mean of 2; the paper's way on 1 | | **+3.0 ± 18.4** | "
+                       "| **-1.5 ± 13.4** | | **-2.0 ± 0.0** |")
+    assert len(rows) == 3 and all(x.count("|") == 11 for x in rows)
+    with pytest.raises(ReportError, match="no seed with MVoT both with and without L_D at 16-pixel patches"):
+        ld_pairs([f"{d}+{e}"])  # nothing at the default patch size
+    assert "| 1 | mean of 1; the paper's way on 0 |" in ld_pairs([e], patch_px=8)  # seed 1 alone; seed 2 unpaired
+    f = tmp_path / "fl-p8-ld-only"
+    _report_trial(f, raw_params, "mvot", 1.0, 0, 41.0, [], patch_px=8, task="frozenlake")
+    assert main(["report", str(f), "--patch-px", "8", "--ld-pairs"]) == 1  # one clear message, nothing printed
+    out, err = capsys.readouterr()
+    assert "no seed with MVoT both with and without L_D" in err and "'+'" in err and out == ""
+    assert main(["report", f"{d}+{e}", "--patch-px", "8", "--ld-pairs"]) == 0
+    assert "L_D against MVoT without L_D, seed by seed" in capsys.readouterr().out
 
 
 def test_outcomes_split_accuracy_by_the_rule_that_ended_the_episode(raw_params, tmp_path):
