@@ -210,49 +210,56 @@ def results_table(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
 def ld_pairs(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
     """The paper's L_D claim seed by seed: each MVoT trial with L_D (weight > 0) beside the
     MVoT trial without it of the same seed, patch size and sweep (``A+B`` joins sweeps), with
-    the difference in V-Acc, V-Red and accuracy. Per sweep, task and weight a summary line:
+    the difference in V-Acc, V-Red and accuracy. Per sweep, task and L_D configuration
+    (weight; distance and reduction where not the default Euclidean mean) a summary line:
     the mean difference and its sample standard deviation over seeds, and on how many seeds
     L_D went the paper's way (V-Acc higher and V-Red lower). A seed with only one of the two
     rows is left out; a sweep with no pair at all is an error naming what to run."""
-    from mvot.sweep import _mean_std
+    from mvot.sweep import CONFIG_KEYS, _mean_std
 
     keys = (("v_acc", "V-Acc"), ("v_red", "V-Red"), ("accuracy", "accuracy"))
     lines = ["| task | sweep | L_D weight | seed | " + " | ".join(f"{n} with / without | {n} diff" for _, n in keys) + " |",
              "|---|---|---|---|" + "---|---|" * len(keys)]
     found = 0
     for d, trials in _sweeps(sweep_dirs):
-        mine = [t for t in trials if t["variant"] == "mvot" and int(t["patch_px"]) == patch_px]
+        mine = sorted((t for t in trials if t["variant"] == "mvot" and int(t["patch_px"]) == patch_px),
+                      key=lambda t: int(t["seed"]))
         base = {int(t["seed"]): t for t in mine if float(t["ld_weight"]) == 0.0}
-        for w in sorted({float(t["ld_weight"]) for t in mine} - {0.0}):
+        # (task, L_D configuration: weight, distance, reduction) -> [(with L_D, without)], seeds in order
+        groups: dict[tuple, list[tuple[dict, dict]]] = {}
+        for t in mine:
+            if float(t["ld_weight"]) == 0.0 or (b := base.get(int(t["seed"]))) is None:
+                continue
             for task in TASKS:
-                pairs = [(t, base[int(t["seed"])]) for t in sorted(mine, key=lambda t: int(t["seed"]))
-                         if float(t["ld_weight"]) == w and int(t["seed"]) in base
-                         and task in t.get("tasks", {}) and task in base[int(t["seed"])].get("tasks", {})]
-                if not pairs:
-                    continue
-                found += len(pairs)
-                diffs: dict[str, list[float]] = {k: [] for k, _ in keys}
-                papers_way = 0
-                for with_ld, without in pairs:
-                    a, b = with_ld["tasks"][task], without["tasks"][task]
-                    cells = []
-                    for k, _ in keys:
-                        x, y = a.get(k), b.get(k)
-                        if x is None or y is None:
-                            cells.append("- | -")
-                            continue
-                        diffs[k].append(x - y)
-                        cells.append(f"{x:.1f} / {y:.1f} | {x - y:+.1f}")
-                    if None not in (a.get("v_acc"), b.get("v_acc"), a.get("v_red"), b.get("v_red")):
-                        papers_way += a["v_acc"] > b["v_acc"] and a["v_red"] < b["v_red"]
-                    lines.append(f"| {task} | {d.name} | {w:g} | {int(with_ld['seed'])} | " + " | ".join(cells) + " |")
-                summary = []
+                if task in t.get("tasks", {}) and task in b.get("tasks", {}):
+                    groups.setdefault((task, tuple(t[k] for k in CONFIG_KEYS)), []).append((t, b))
+        for (task, cfg), pairs in sorted(groups.items(), key=lambda kv: (TASKS.index(kv[0][0]), kv[0][1][1:])):
+            c = dict(zip(CONFIG_KEYS, cfg, strict=True))
+            form = "" if (c["ld_distance"], c["ld_reduction"]) == ("euclidean", "mean") else \
+                f" ({c['ld_distance']}, {c['ld_reduction']})"
+            label = f"| {task} | {d.name} | {float(c['ld_weight']):g}{form} |"
+            found += len(pairs)
+            diffs: dict[str, list[float]] = {k: [] for k, _ in keys}
+            papers_way = 0
+            for with_ld, without in pairs:
+                a, b = with_ld["tasks"][task], without["tasks"][task]
+                cells = []
                 for k, _ in keys:
-                    mean, sd = _mean_std(diffs[k])
-                    spread = f" ± {sd:.1f}" if len(diffs[k]) > 1 and sd is not None else ""
-                    summary.append("| -" if mean is None else f"| **{mean:+.1f}{spread}**")
-                lines.append(f"| {task} | {d.name} | {w:g} | mean of {len(pairs)}; the paper's way on {papers_way} | "
-                             + " | ".join(summary) + " |")
+                    x, y = a.get(k), b.get(k)
+                    if x is None or y is None:
+                        cells.append("- | -")
+                        continue
+                    diffs[k].append(x - y)
+                    cells.append(f"{x:.1f} / {y:.1f} | {x - y:+.1f}")
+                if None not in (a.get("v_acc"), b.get("v_acc"), a.get("v_red"), b.get("v_red")):
+                    papers_way += a["v_acc"] > b["v_acc"] and a["v_red"] < b["v_red"]
+                lines.append(f"{label} {int(with_ld['seed'])} | " + " | ".join(cells) + " |")
+            summary = []
+            for k, _ in keys:
+                mean, sd = _mean_std(diffs[k])
+                summary.append("| -" if mean is None else
+                               f"| **{mean:+.1f}" + (f" ± {sd:.1f}" if len(diffs[k]) > 1 else "") + "**")
+            lines.append(f"{label} mean of {len(pairs)}; the paper's way on {papers_way} | " + " | ".join(summary) + " |")
     if not found:
         raise ReportError(f"{' '.join(str(s) for s in sweep_dirs)}: no seed with MVoT both with and without L_D at "
                           f"{patch_px}-pixel patches; run both rows (--set \"sweep.grid.ld_weight=[0.0,1.0]\") or "

@@ -299,14 +299,14 @@ def test_trials_racing_to_create_an_experiment_share_it(tmp_path):
 
 
 def _report_trial(sweep_dir, raw_params, variant, ld, seed, acc, golds_preds, patch_px=16, task="maze", scores=None,
-                  **params_over):
+                  ld_distance="euclidean", **params_over):
     """A finished trial as the sweep flow leaves it: row.json, params.yaml, predictions
     (``scores`` overrides the task's metrics)."""
     import json
 
     from mvot.sweep import trial_key
 
-    t = {"ld_distance": "euclidean", "ld_reduction": "mean", "patch_px": patch_px, "status": "ok", "train_seconds": 100.0,
+    t = {"ld_distance": ld_distance, "ld_reduction": "mean", "patch_px": patch_px, "status": "ok", "train_seconds": 100.0,
          "parameters": 1_472_000, "variant": variant, "ld_weight": ld, "seed": seed}
     t["trial"] = trial_key(t)
     t["tasks"] = {task: {"accuracy": acc, "v_acc": 99.0 if variant == "mvot" else None,
@@ -419,6 +419,16 @@ def test_ld_pairs_compare_each_seed_with_and_without_ld(raw_params, tmp_path, ca
     assert "no seed with MVoT both with and without L_D" in err and "'+'" in err and out == ""
     assert main(["report", f"{d}+{e}", "--patch-px", "8", "--ld-pairs"]) == 0
     assert "L_D against MVoT without L_D, seed by seed" in capsys.readouterr().out
+    # two L_D distances at one weight are two configurations, each paired with the same run without L_D
+    g = tmp_path / "fl-p8-distances"
+    for w, dist, v_acc in ((0.0, "euclidean", 40.0), (1.0, "euclidean", 50.0), (1.0, "mse", 30.0)):
+        _report_trial(g, raw_params, "mvot", w, 0, 40.0, [], patch_px=8, task="frozenlake", ld_distance=dist,
+                      scores={"v_acc": v_acc, "v_red": 50.0})
+    rows = [x for x in ld_pairs([g], patch_px=8).splitlines() if x.startswith("| frozenlake |")]
+    cells = [[c.strip() for c in x.strip("|").split("|")][2:6] for x in rows]
+    assert cells == [["1", "0", "50.0 / 40.0", "+10.0"], ["1", "mean of 1; the paper's way on 0", "", "**+10.0**"],
+                     ["1 (mse, mean)", "0", "30.0 / 40.0", "-10.0"],
+                     ["1 (mse, mean)", "mean of 1; the paper's way on 0", "", "**-10.0**"]]
 
 
 def test_outcomes_split_accuracy_by_the_rule_that_ended_the_episode(raw_params, tmp_path):
