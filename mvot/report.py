@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import yaml
@@ -207,13 +208,31 @@ def results_table(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
     return "\n".join(lines + [""] + [f"- {n}" for n in notes])
 
 
+def _paired_t(diffs: list[float]) -> str:
+    """`` (t 1.09, p 0.39)``: the paired t statistic of the per-seed differences against no
+    difference, on n - 1 degrees of freedom, and its two-sided p; empty below two seeds or
+    when every seed differs by the same amount (no spread to test against)."""
+    from scipy import stats
+
+    n = len(diffs)
+    if n < 2:
+        return ""
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in diffs) / (n - 1))
+    if sd == 0.0:
+        return ""
+    t = mean / (sd / math.sqrt(n))
+    return f" (t {t:.2f}, p {2 * stats.t.sf(abs(t), n - 1):.2f})"
+
+
 def ld_pairs(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
     """The paper's L_D claim seed by seed: each MVoT trial with L_D (weight > 0) beside the
     MVoT trial without it of the same seed, patch size and sweep (``A+B`` joins sweeps), with
     the difference in V-Acc, V-Red and accuracy. Per sweep, task and L_D configuration
     (weight; distance and reduction where not the default Euclidean mean) a summary line:
     the mean difference and its sample standard deviation over seeds, and on how many seeds
-    L_D went the paper's way (V-Acc higher and V-Red lower). A seed with only one of the two
+    L_D went the paper's way (V-Acc higher and V-Red lower), with each difference's paired t
+    and two-sided p over the seeds. A seed with only one of the two
     rows is left out; a sweep with no pair at all is an error naming what to run."""
     from mvot.sweep import CONFIG_KEYS, _mean_std
 
@@ -258,7 +277,8 @@ def ld_pairs(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
             for k, _ in keys:
                 mean, sd = _mean_std(diffs[k])
                 summary.append("| -" if mean is None else
-                               f"| **{mean:+.1f}" + (f" ± {sd:.1f}" if len(diffs[k]) > 1 else "") + "**")
+                               f"| **{mean:+.1f}" + (f" ± {sd:.1f}" if len(diffs[k]) > 1 else "") + "**"
+                               + _paired_t(diffs[k]))
             lines.append(f"{label} mean of {len(pairs)}; the paper's way on {papers_way} | " + " | ".join(summary) + " |")
     if not found:
         raise ReportError(f"{' '.join(str(s) for s in sweep_dirs)}: no seed with MVoT both with and without L_D at "
