@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 
 import yaml
@@ -209,20 +208,15 @@ def results_table(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
 
 
 def _paired_t(diffs: list[float]) -> str:
-    """`` (t 1.09, p 0.39)``: the paired t statistic of the per-seed differences against no
-    difference, on n - 1 degrees of freedom, and its two-sided p; empty below two seeds or
-    when every seed differs by the same amount (no spread to test against)."""
+    """`` (t 1.09, p 0.39)``: scipy's one-sample t test of the per-seed differences against
+    no difference (the paired t), on n - 1 degrees of freedom, two-sided; empty below two
+    seeds or when every seed differs by the same amount (no spread to test against)."""
+    if len(set(diffs)) < 2:
+        return ""
     from scipy import stats
 
-    n = len(diffs)
-    if n < 2:
-        return ""
-    mean = sum(diffs) / n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in diffs) / (n - 1))
-    if sd == 0.0:
-        return ""
-    t = mean / (sd / math.sqrt(n))
-    return f" (t {t:.2f}, p {2 * stats.t.sf(abs(t), n - 1):.2f})"
+    res = stats.ttest_1samp(diffs, 0.0)
+    return f" (t {res.statistic:.2f}, p {res.pvalue:.2f})"
 
 
 def ld_pairs(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
