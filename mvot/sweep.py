@@ -45,13 +45,16 @@ def trial_raw(raw: dict, t: dict) -> dict:
     """The full params of one trial: the base params with the trial's values, one run named
     ``trial``, and the sweep's step and evaluation budgets. ``{seed}`` in
     ``train.model.pretrained`` becomes the trial's seed, so that a grid over seeds starts
-    each trial from the model of its own seed (e.g. MVoT from the CoT model of that seed)."""
+    each trial from the model of its own seed (e.g. MVoT from the CoT model of that seed);
+    ``{trial}`` becomes the trial's key (``mvot-w1-euclidean-mean-p16-s0``), so that a sweep
+    trains every trial of an earlier sweep on from its own model
+    (``.../sweeps/<earlier>/trials/{trial}/runs/trial/model``)."""
     raw = copy.deepcopy(raw)
     sweep = raw.get("sweep", {})
     raw["seed"] = t["seed"]
     model = raw["train"].get("model") or {}
-    if isinstance(model.get("pretrained"), str) and "{seed}" in model["pretrained"]:
-        model["pretrained"] = model["pretrained"].replace("{seed}", str(t["seed"]))
+    if isinstance(model.get("pretrained"), str):
+        model["pretrained"] = model["pretrained"].replace("{seed}", str(t["seed"])).replace("{trial}", trial_key(t))
     raw["tokenizer"]["patch_px"] = t["patch_px"]
     raw["train"]["runs"] = {"trial": {"variant": t["variant"], "ld_weight": t["ld_weight"]}}
     raw["train"]["ld"] = dict(raw["train"].get("ld") or {}) | {"distance": t["ld_distance"], "reduction": t["ld_reduction"]}

@@ -38,6 +38,15 @@ def test_each_seed_starts_from_its_own_pretrained_model(raw_params):
     assert raw["train"]["model"]["pretrained"] == "/m/cot-s{seed}/model"  # the sweep's own params untouched
 
 
+def test_each_trial_trains_on_from_its_own_model_of_an_earlier_sweep(raw_params):
+    raw = copy.deepcopy(raw_params)
+    raw["train"]["model"] = raw["train"]["model"] | {"pretrained": "/s/p8-s{seed}/trials/{trial}/model", "grid_pos": 0, "step_pos": 0}
+    raw["sweep"] = {"grid": {"variant": ["mvot"], "ld_weight": [0.0, 1.0], "patch_px": [8], "seed": [3, 4]}}
+    grid, _ = trials(parse_params(raw))
+    assert sorted(parse_params(trial_raw(raw, t)).train.model.pretrained for t in grid) == [
+        f"/s/p8-s{s}/trials/mvot-w{w}-euclidean-mean-p8-s{s}/model" for s in (3, 4) for w in (0, 1)]
+
+
 def test_aggregate_mean_and_spread_over_seeds():
     base = {"variant": "mvot", "ld_weight": 1.0, "ld_distance": "euclidean", "ld_reduction": "mean", "patch_px": 16}
     rows = [base | {"seed": s, "status": "ok", "train_seconds": 10.0 * (s + 1),
