@@ -118,7 +118,7 @@ def prepare_workspace(raw: dict, workdir: str) -> str:
 
 
 def _env(root: Path) -> dict:
-    bin_dir = str(Path(sys.executable).parent)
+    bin_dir = str(Path(sys.executable).absolute().parent)  # stages run from another directory
     env = os.environ | {"DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
                         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     if root != ROOT:  # the workspace's copy of the code is the one its stages run
@@ -129,7 +129,7 @@ def _env(root: Path) -> dict:
 @task(name="dvc-repro", cache_policy=NO_CACHE)
 def dvc_repro(root: str, targets: list[str] | None = None, force: bool = False) -> str:
     """``dvc repro`` in ``root``, its output streamed through; a failure raises with its tail."""
-    dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
+    dvc = shutil.which("dvc", path=str(Path(sys.executable).absolute().parent)) or shutil.which("dvc")
     if not dvc:
         raise PipelineError("dvc not found; install the project first (`make setup`)")
     cmd = [dvc, "repro", *(["--force"] if force else []), *(targets or [])]

@@ -65,7 +65,8 @@ def _mvot(args: list[str], cwd: Path, log: Path, env_extra: dict | None = None) 
     """One ``mvot`` command in its own process; its output goes to ``log``; a failure raises
     with the log's tail."""
     env = os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true", **(env_extra or {})}
-    res = subprocess.run([sys.executable, "-m", "mvot.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    # absolute: a Python found through a relative PATH entry is not found from ``cwd``
+    res = subprocess.run([os.path.abspath(sys.executable), "-m", "mvot.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
     with log.open("a") as fh:
         fh.write(f"$ mvot {' '.join(args)}\n{res.stdout}\n{res.stderr}\n")
     if res.returncode != 0:
