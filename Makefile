@@ -28,10 +28,11 @@ table: setup
 	    --set "train.model.pretrained=$(CURDIR)/sweeps/table-minibehavior-reach/trials/cot-w0-euclidean-mean-p16-s{seed}/runs/trial/model"
 	# MVoT trained 2,400 more steps from its own model (FROZENLAKE with and without L_D, MAZE with L_D):
 	# the runs that had not passed the text-CE transition by 2,400 steps did by then
-	for tw in frozenlake:1 frozenlake:0 maze:1; do t=$${tw%:*}; w=$${tw#*:}; \
+	# ({trial} becomes each trial's key: FROZENLAKE's two rows run side by side, each from its own model)
+	for tw in "frozenlake:[0.0,1.0]" "maze:[1.0]"; do t=$${tw%%:*}; w=$${tw#*:}; \
 	  $(PY) -m flows.sweep --profile table-$$t --set sweep.name=table-$$t-4800 --set "sweep.grid.variant=[mvot]" \
-	    --set "sweep.grid.ld_weight=[$$w.0]" --set train.model.grid_pos=0 --set train.model.step_pos=0 \
-	    --set train.model.pretrained=$(CURDIR)/sweeps/table-$$t/trials/mvot-w$$w-euclidean-mean-p16-s0/runs/trial/model || exit 1; done
+	    --set "sweep.grid.ld_weight=$$w" --set train.model.grid_pos=0 --set train.model.step_pos=0 \
+	    --set "train.model.pretrained=$(CURDIR)/sweeps/table-$$t/trials/{trial}/runs/trial/model" || exit 1; done
 	# MINIBEHAVIOR's MVoT (L_D) 1,200 steps more, twice, each from the one before (3,600 and 4,800 MVoT steps after
 	# CoT; by 4,800 every seed of three had learned the adjacency test: README, mvot outcomes, mvot probe)
 	for sf in 3600:reach-inv 4800:reach-inv-3600; do s=$${sf%:*}; f=$${sf#*:}; \
