@@ -42,6 +42,9 @@ from mvot.promote import promote_run
 from mvot.tracking import MlflowRegistry, check_reachable, default_uri
 
 ROOT = Path(__file__).resolve().parents[1]
+# absolute: stages and trials run from other directories, where a Python found through a
+# relative PATH entry (PATH=.venv/bin:...) would not be found
+PYTHON = Path(sys.executable).absolute()
 WORKSPACE_FILES = ("mvot", "flows", "dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore")
 BOARD_KEYS = ("accuracy", "unparsed", "v_acc", "v_red", "v_steps", "v_ratio")
 
@@ -118,7 +121,7 @@ def prepare_workspace(raw: dict, workdir: str) -> str:
 
 
 def _env(root: Path) -> dict:
-    bin_dir = str(Path(sys.executable).absolute().parent)  # stages run from another directory
+    bin_dir = str(PYTHON.parent)
     env = os.environ | {"DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
                         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     if root != ROOT:  # the workspace's copy of the code is the one its stages run
@@ -129,7 +132,7 @@ def _env(root: Path) -> dict:
 @task(name="dvc-repro", cache_policy=NO_CACHE)
 def dvc_repro(root: str, targets: list[str] | None = None, force: bool = False) -> str:
     """``dvc repro`` in ``root``, its output streamed through; a failure raises with its tail."""
-    dvc = shutil.which("dvc", path=str(Path(sys.executable).absolute().parent)) or shutil.which("dvc")
+    dvc = shutil.which("dvc", path=str(PYTHON.parent)) or shutil.which("dvc")
     if not dvc:
         raise PipelineError("dvc not found; install the project first (`make setup`)")
     cmd = [dvc, "repro", *(["--force"] if force else []), *(targets or [])]

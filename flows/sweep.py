@@ -40,7 +40,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.pipeline import ROOT, PipelineError, markdown_table, resolve_params
+from flows.pipeline import PYTHON, ROOT, PipelineError, markdown_table, resolve_params
 from mvot.config import TASKS, parse_params
 from mvot.errors import MvotError
 from mvot.sweep import (
@@ -65,8 +65,7 @@ def _mvot(args: list[str], cwd: Path, log: Path, env_extra: dict | None = None) 
     """One ``mvot`` command in its own process; its output goes to ``log``; a failure raises
     with the log's tail."""
     env = os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true", **(env_extra or {})}
-    # absolute: a Python found through a relative PATH entry is not found from ``cwd``
-    res = subprocess.run([os.path.abspath(sys.executable), "-m", "mvot.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    res = subprocess.run([str(PYTHON), "-m", "mvot.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
     with log.open("a") as fh:
         fh.write(f"$ mvot {' '.join(args)}\n{res.stdout}\n{res.stderr}\n")
     if res.returncode != 0:
