@@ -291,6 +291,31 @@ def load_checkpoint(directory: Path, model, optimizer, scheduler) -> tuple[int, 
 # The loop
 
 
+# what a trained model directory ships of the tokenizers it was trained with (``model/tokenizer``)
+TOKENIZER_FILES = ("vq.safetensors", "vq.json", "codebook.safetensors", "tokenizer.json", "vocab.json")
+
+
+def check_pretrained_tokenizer(pretrained: str | Path, tokenizer_dir: str | Path) -> None:
+    """Refuse to train an mvot model on under tokenizers other than its own.
+
+    A model directory written by :func:`save_model` carries its tokenizers; under another
+    image tokenizer (another patch size, another VQ training) or text vocabulary, every
+    token id it learnt would stand for another picture or word, and training on would
+    quietly start over. A plain causal LM backbone (no ``tokenizer/``) is not checked:
+    its vocabulary is resized to ours."""
+    theirs, ours = Path(pretrained) / "tokenizer", Path(tokenizer_dir)
+    if not theirs.is_dir():
+        return
+    differ = [name for name in TOKENIZER_FILES
+              if (theirs / name).is_file() and (ours / name).is_file() and (theirs / name).read_bytes() != (ours / name).read_bytes()]
+    if differ:
+        raise TrainError(
+            f"train.model.pretrained = {pretrained} was trained with other tokenizers than {ours} "
+            f"({', '.join(differ)} differ): its token ids would mean other pictures or words. Train it on with its "
+            f"own tokenizers (tokenize with --tokenizer {theirs}), or point train.model.pretrained at a model "
+            f"trained with these (same tokenizer.patch_px and tokenizer training)")
+
+
 def build_model(params: Params, vocab: Vocab):
     m = params.train.model
     if m.pretrained:
@@ -365,6 +390,8 @@ def train(
     out_dir, tokenizer_dir = Path(out_dir), Path(tokenizer_dir)
     vocab = Vocab.load(tokenizer_dir / "vocab.json")
     distance = vq.load_codebook(tokenizer_dir)[f"distance_{cfg.ld.distance}"]
+    if cfg.model.pretrained:
+        check_pretrained_tokenizer(cfg.model.pretrained, tokenizer_dir)
     model = build_model(params, vocab)
     # step positions are the built model's: from params, or from a pretrained checkpoint's config
     indexer = step_indexer(tokenizer_dir, vocab, model)
@@ -499,5 +526,5 @@ def save_model(model, vocab: Vocab, tokenizer_dir: Path, directory: Path, meta: 
     (directory / "mvot.json").write_text(json.dumps(meta or {}, indent=2, sort_keys=True) + "\n")
     tok = directory / "tokenizer"
     tok.mkdir(exist_ok=True)
-    for name in ("vq.safetensors", "vq.json", "codebook.safetensors", "tokenizer.json", "vocab.json"):
+    for name in TOKENIZER_FILES:
         shutil.copy2(tokenizer_dir / name, tok / name)

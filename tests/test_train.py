@@ -269,6 +269,29 @@ def test_torchrun_two_processes_match_one(tiny_tokens, raw_params, tmp_path):
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
 
+def test_training_on_refuses_a_model_of_other_tokenizers(tiny_tokens, raw_params, tmp_path):
+    """An mvot model trains on under its own tokenizers; under another codebook its image ids
+    would mean other pictures, so training stops before it starts, naming the file."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    _, tok_dir, tokens_dir = tiny_tokens
+    model = {"d_model": 32, "n_layer": 1, "n_head": 2, "d_ff": 64, "max_len": 2048}
+    train(_params(raw_params, tasks=["frozenlake"], steps=2, model=model), "run", tokens_dir, tok_dir, tmp_path / "first", progress=False)
+    first = tmp_path / "first" / "model"
+    on = model | {"pretrained": str(first), "grid_pos": 0, "step_pos": 0}
+    again = train(_params(raw_params, tasks=["frozenlake"], steps=2, model=on), "run", tokens_dir, tok_dir, tmp_path / "again", progress=False)
+    assert again["step"] == 2
+    other = tmp_path / "other-tokenizer"
+    shutil.copytree(tok_dir, other)
+    book = load_file(str(other / "codebook.safetensors"))
+    save_file({k: v.flip(0).contiguous() for k, v in book.items()}, str(other / "codebook.safetensors"))
+    with pytest.raises(TrainError, match=r"other tokenizers .*codebook\.safetensors differ.*--tokenizer"):
+        train(_params(raw_params, tasks=["frozenlake"], steps=2, model=on), "run", tokens_dir, other, tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused").exists()
+
+
 def test_pretrained_backbone_resized_with_lora(tmp_path):
     """A tiny 'pretrained' model the test builds and saves, loaded back for MVoT."""
     from mvot.model import ModelError, count_parameters, from_pretrained, from_scratch
