@@ -60,14 +60,44 @@ def _tracked(args: argparse.Namespace, experiment: str, run_name: str, parent_ru
     return start_run(experiment, run_name, parent_run_id=parent_run_id)
 
 
+def _check_report_outputs(args: argparse.Namespace) -> None:
+    """Before a report computes anything: its --plots folder can be written and its tracking server answers."""
+    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
+        raise CliError(f"--plots {args.plots}: is a file, not a folder; give a folder for the plots and CSVs")
+    if args.track:
+        from mvot.tracking import check_reachable, default_uri
+
+        check_reachable(default_uri())
+
+
+def _all_or_nothing(folder: str | Path, make):
+    """``make(tmp)`` -> (result, files written in tmp); the files then move into ``folder``,
+    so a report that fails partway leaves the folder as it was."""
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".report-") as tmp:
+        result, written = make(Path(tmp))
+        moved = []
+        for path in written:
+            dest = folder / Path(path).relative_to(tmp)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(path), dest)
+            moved.append(dest)
+    return result, moved
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from mvot.report import by_size_tables, ld_pairs, results_table
 
+    _check_report_outputs(args)
     table = results_table(args.sweeps, args.patch_px)
     if args.ld_pairs:  # computed before anything is printed or written: no pair is an error, not half a report
         table += "\n\nL_D against MVoT without L_D, seed by seed:\n\n" + ld_pairs(args.sweeps, args.patch_px)
+    _, written = _all_or_nothing(args.plots, lambda out: (None, by_size_tables(args.sweeps, out, args.patch_px))) if args.plots else (None, [])
     print(table)
-    written = by_size_tables(args.sweeps, args.plots, args.patch_px) if args.plots else []
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     if args.track:  # one MLflow run holding the merged table and by-size plots, beside the sweeps' own runs
@@ -97,8 +127,12 @@ def cmd_compactness(args: argparse.Namespace) -> int:
 
     from mvot.report import compactness_table
 
+    _check_report_outputs(args)
     with tempfile.TemporaryDirectory() as tmp:
-        md, written = compactness_table(args.sweeps, args.plots or (tmp if args.track else None), args.variant, args.ld_weight)
+        if args.plots:
+            md, written = _all_or_nothing(args.plots, lambda out: compactness_table(args.sweeps, out, args.variant, args.ld_weight))
+        else:
+            md, written = compactness_table(args.sweeps, tmp if args.track else None, args.variant, args.ld_weight)
         print(md)
         for path in written if args.plots else []:
             print(f"wrote {path}", file=sys.stderr)

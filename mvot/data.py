@@ -173,13 +173,13 @@ def read_split(task_dir: str | Path, split: str) -> list[Instance]:
     if not path.is_file():
         raise DataError(f"{path}: missing; run `dvc repro generate` (or `dvc pull`) first")
     out = []
-    with path.open() as fh:
+    with path.open("rb") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                out.append(instance_from_json(json.loads(line)))
-            except (json.JSONDecodeError, InvalidInstance) as exc:
+                out.append(instance_from_json(json.loads(line.decode("utf-8"))))
+            except (json.JSONDecodeError, UnicodeDecodeError, InvalidInstance) as exc:
                 raise DataError(f"{path}:{lineno}: corrupt record ({exc}); regenerate with `dvc repro -f generate`") from None
     return out
 
@@ -322,6 +322,9 @@ def generate_task(
     Outputs appear only when everything succeeded (written to temporary paths, verified,
     then moved into place)."""
     raw_dir, stats_dir, sheet_dir = Path(raw_dir), Path(stats_dir), Path(sheet_dir)
+    for d in (raw_dir, stats_dir, sheet_dir):
+        if d.exists() and not d.is_dir():
+            raise DataError(f"{d}: is a file, not a folder; give a folder for the generated data")
     for d in (raw_dir, stats_dir, sheet_dir):
         d.mkdir(parents=True, exist_ok=True)
     final = raw_dir / task

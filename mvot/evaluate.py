@@ -425,22 +425,18 @@ def evaluate_combined(params, out_dir: str | Path = "eval", metrics_dir: str | P
     if missing:
         raise ConfigError(f"evaluate.combine names {missing}, not runs of train.runs ({', '.join(params.train.runs)}); "
                           "fix evaluate.combine in params.yaml")
-    results = {}
+    results: dict[str, dict] = {}
+    files: dict[Path, str] = {}  # everything is read and computed first, then written: a missing file writes nothing
     for task in TASKS:
+        combined, csv = Path(metrics_dir) / task / "combined.json", Path(plots_dir) / f"accuracy_by_size_{task}.csv"
         if task not in params.train.tasks:
-            path = Path(metrics_dir) / task / "combined.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(_not_trained(task, f"{a}+{b}"), indent=2, sort_keys=True) + "\n")
-            csv = Path(plots_dir) / f"accuracy_by_size_{task}.csv"
-            csv.parent.mkdir(parents=True, exist_ok=True)
-            csv.write_text("size," + ",".join(params.train.runs) + "\n")
+            files[combined] = json.dumps(_not_trained(task, f"{a}+{b}"), indent=2, sort_keys=True) + "\n"
+            files[csv] = "size," + ",".join(params.train.runs) + "\n"
             continue
         ra = read_records(Path(out_dir) / a / task / "predictions.jsonl")
         rb = read_records(Path(out_dir) / b / task / "predictions.jsonl")
         res = {"task": task, "runs": [a, b]} | combine(ra, rb)
-        path = Path(metrics_dir) / task / "combined.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(res, indent=2, sort_keys=True) + "\n")
+        files[combined] = json.dumps(res, indent=2, sort_keys=True) + "\n"
         results[task] = res
         table: dict[int, dict[str, float | None]] = defaultdict(dict)
         for run in params.train.runs:
@@ -450,7 +446,8 @@ def evaluate_combined(params, out_dir: str | Path = "eval", metrics_dir: str | P
         lines = ["size," + ",".join(params.train.runs)]
         for size in sorted(table):
             lines.append(f"{size}," + ",".join("" if table[size].get(r) is None else str(table[size][r]) for r in params.train.runs))
-        p = Path(plots_dir) / f"accuracy_by_size_{task}.csv"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text("\n".join(lines) + "\n")
+        files[csv] = "\n".join(lines) + "\n"
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
     return results

@@ -374,9 +374,11 @@ def load_model(directory: str | Path, device: str | None = None) -> LoadedModel:
     if not (d / "config.json").is_file():
         raise DecodeError(f"{d}: not a model directory (no config.json); give models/runs/<run>/model or an MLflow model URI")
     vocab = Vocab.load(d / "tokenizer" / "vocab.json")
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForCausalLM.from_pretrained(str(d), local_files_only=True, dtype=torch.float32)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise DecodeError(f"{d}: cannot load the model weights ({exc}); retrain with `dvc repro -f train`") from None
     if model.config.vocab_size != vocab.size:
         raise DecodeError(f"{d}: the model has {model.config.vocab_size} tokens, its vocabulary {vocab.size}; the directory is inconsistent")
@@ -384,8 +386,11 @@ def load_model(directory: str | Path, device: str | None = None) -> LoadedModel:
     if (d / "mvot.json").is_file():
         try:
             meta = json.loads((d / "mvot.json").read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DecodeError(f"{d}/mvot.json: unreadable ({exc})") from None
+        if not isinstance(meta, dict):
+            raise DecodeError(f"{d}/mvot.json: holds a {type(meta).__name__}, not an object of model settings; the directory is "
+                              "inconsistent (retrain with `dvc repro -f train`)")
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return LoadedModel(model.to(dev).eval(), vocab, load_text_tokenizer(d / "tokenizer"), d, meta)
 

@@ -45,7 +45,7 @@ def _cell(x: Any, n: int, what: str) -> tuple[int, int]:
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FormatError(f"{path}: not readable JSON ({exc})") from None
 
 
@@ -180,12 +180,28 @@ def import_mvot(path: Path, out_dir: Path, params: Params | None = None) -> dict
             too_big = [i.uid for i in insts if i.size > fit]
             if too_big:
                 raise FormatError(f"{src}: grids larger than the largest {task} size in params ({fit}): {too_big[:3]}; add the size to generate.{task}.sizes")
+        if not insts:
+            raise FormatError(f"{src}: holds no instance")
         batches.append((Path(out_dir) / task / f"{name}.jsonl", insts))
+    tmps: list[Path] = []
+    made: list[Path] = []  # folders this call created, removed again if writing fails
+    try:
+        for dest, insts in batches:
+            for d in reversed([dest.parent, *dest.parent.parents]):
+                if not d.exists():
+                    d.mkdir()
+                    made.append(d)
+            tmps.append(dest.with_suffix(".jsonl.tmp"))
+            tmps[-1].write_text("".join(i.dumps() + "\n" for i in insts))
+    except OSError as exc:
+        for t in tmps:
+            if t.is_file():
+                t.unlink()
+        for d in reversed(made):
+            d.rmdir()
+        raise FormatError(f"{out_dir}: cannot write the imported instances there ({exc}); give --out a writable folder") from None
     written = {}
-    for dest, insts in batches:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(i.dumps() + "\n" for i in insts))
+    for (dest, insts), tmp in zip(batches, tmps, strict=True):
         os.replace(tmp, dest)
         written[str(dest)] = len(insts)
     return written

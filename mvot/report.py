@@ -21,9 +21,7 @@ import csv
 import json
 from pathlib import Path
 
-import yaml
-
-from mvot.config import TASKS, parse_params
+from mvot.config import TASKS, load_params
 from mvot.errors import MvotError
 
 
@@ -90,13 +88,30 @@ def load_trials(sweep_dir: Path) -> list[dict]:
             row = json.loads(row_file.read_text())
         except json.JSONDecodeError as exc:
             raise ReportError(f"{row_file}: not valid JSON ({exc}); rerun the sweep to rewrite it") from None
+        if not isinstance(row, dict):
+            raise ReportError(f"{row_file}: holds a {type(row).__name__}, not a trial's row; rerun the sweep to rewrite it")
         if row.get("status") != "ok":
             continue
-        params_file = row_file.parent / "params.yaml"
+        _check_row(row, row_file)
         row["_dir"] = str(row_file.parent)
-        row["_params"] = parse_params(yaml.safe_load(params_file.read_text()), str(params_file))
+        row["_params"] = load_params(row_file.parent / "params.yaml")
         out.append(row)
     return out
+
+
+def _check_row(row: dict, row_file: Path) -> None:
+    """A finished trial's row has its grid point and a dict of scores per task (what every report reads)."""
+    number = (int, float)
+    want = {"trial": (str, "text"), "variant": (str, "text"), "ld_weight": (number, "a number"), "seed": (int, "an integer"),
+            "patch_px": (int, "an integer"), "tasks": (dict, "an object")}
+    for key, (kind, what) in want.items():
+        if key not in row or isinstance(row[key], bool) or not isinstance(row[key], kind):
+            raise ReportError(f"{row_file}: {key} is {row.get(key, 'missing')!r}; want {what} (rerun the sweep to rewrite it)")
+    for task, scores in row["tasks"].items():
+        bad = scores if not isinstance(scores, dict) else next(
+            (k for k in SCORES if (v := scores.get(k)) is not None and (isinstance(v, bool) or not isinstance(v, number))), None)
+        if bad is not None:
+            raise ReportError(f"{row_file}: the scores of {task} are not numbers ({bad!r}); rerun the sweep to rewrite it")
 
 
 def _sweep_facts(trials: list[dict]) -> dict:
@@ -321,9 +336,12 @@ def by_size_tables(sweep_dirs: list[str | Path], out_dir: str | Path, patch_px: 
 
 def _read_curve(path: Path) -> dict[str, list[float]]:
     """``runs/trial/curve.csv`` as columns; empty cells (a loss a row does not have) are NaN."""
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return {k: [float(r[k]) if r[k] not in ("", None) else float("nan") for r in rows] for k in (rows[0] if rows else {})}
+    try:
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        return {k: [float(r[k]) if r[k] not in ("", None) else float("nan") for r in rows] for k in (rows[0] if rows else {})}
+    except (ValueError, TypeError, UnicodeDecodeError, csv.Error) as exc:
+        raise ReportError(f"{path}: not a training curve ({type(exc).__name__}: {exc}); delete it or rerun the trial") from None
 
 
 def _trial_curve(row: dict) -> dict[str, list[float]] | None:
@@ -478,12 +496,15 @@ def outcome_table(sweep_dirs: list[str | Path], data_dir: str | Path = "data/raw
                 for lineno, line in enumerate(preds.read_text().splitlines(), 1):
                     try:
                         p = json.loads(line)
-                        kind = tests[name][p["uid"]]
                     except json.JSONDecodeError as exc:
                         raise ReportError(f"{preds}:{lineno}: not valid JSON ({exc}); rerun the trial's evaluation") from None
-                    except KeyError:
+                    if not isinstance(p, dict) or not {"uid", "pred", "gold"} <= p.keys() or not isinstance(p["uid"], str):
+                        raise ReportError(f"{preds}:{lineno}: not a prediction record (an object with uid, pred and gold); "
+                                          "rerun the trial's evaluation")
+                    kind = tests[name].get(p["uid"])
+                    if kind is None:
                         raise ReportError(f"{preds}:{lineno}: instance {line[:80]!r} is not in {Path(data_dir) / name}/test.jsonl; "
-                                          "the data changed since this trial was scored (regenerate it, or rerun the sweep)") from None
+                                          "the data changed since this trial was scored (regenerate it, or rerun the sweep)")
                     c = counts.setdefault(kind, [0, 0])
                     c[0] += p["pred"] == p["gold"]
                     c[1] += 1

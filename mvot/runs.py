@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from mvot.config import Params
-from mvot.tracking import NullTracker, dvc_out_hashes
+from mvot.tracking import NullTracker, TrackingError, dvc_out_hashes
 from mvot.train import train
 
 
@@ -41,10 +41,13 @@ def train_run(
 
     out = Path(out_root) / run
     curve = out / "curve.csv"  # the training curve, for `dvc plots` (one row per logged step)
-    if not resume:
-        curve.unlink(missing_ok=True)
+    stale = [not resume]  # a fresh run replaces the old curve at its first logged step, not before: a run that
+    # fails on its inputs leaves the last run's curve as it was
 
     def log(metrics: dict, step: int) -> None:
+        if stale[0]:
+            curve.unlink(missing_ok=True)
+            stale[0] = False
         tracker.log_metrics(metrics, step=step)
         _append_curve(curve, step, metrics)
         if log_jsonl:
@@ -86,10 +89,16 @@ def _append_curve(path: Path, step: int, metrics: dict) -> None:
 def tracking_info(run_dir: str | Path) -> dict:
     """``{run_id, model_uri}`` written by a tracked training run (empty when untracked)."""
     p = Path(run_dir) / "tracking.json"
-    try:
-        return json.loads(p.read_text()) if p.is_file() else {}
-    except json.JSONDecodeError:
+    if not p.is_file():
         return {}
+    try:
+        info = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        info = None
+    if not isinstance(info, dict) or not isinstance(info.get("run_id"), str):
+        raise TrackingError(f"{p}: corrupt (want an object with the MLflow run_id of this training run); retrain the run "
+                            f"with tracking, or delete the file to evaluate it untracked")
+    return info
 
 
 SCALARS = ("accuracy", "unparsed", "drawn_steps", "v_acc", "v_red", "v_steps", "v_ratio", "drawn_vs_true_steps", "mean_new_tokens",

@@ -65,7 +65,10 @@ def read_instances(path: str | Path) -> list[Instance]:
     if not path.exists():
         raise SolveError(f"{path}: no such instance file")
     if path.is_file() and path.suffix in (".json", ".jsonl") and path.name != "data.json" and not path.name.startswith("grid"):
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError as exc:
+            raise SolveError(f"{path}: not a UTF-8 text file ({exc}); give one instance as written by `mvot generate`") from None
         try:
             records = [json.loads(text)] if path.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
         except json.JSONDecodeError as exc:

@@ -71,8 +71,16 @@ def load_token_data(tokens_dir: str | Path, tasks, split: str, variant: str, ind
     for task in tasks:
         ts = load_split(tokens_dir, task, split, variant)
         d = Path(tokens_dir) / task / split
-        pos = np.load(d / "initial_pos.npy")
-        codes = np.load(d / "initial_codes.npy", mmap_mode="r")
+        try:
+            pos = np.load(d / "initial_pos.npy")
+            codes = np.load(d / "initial_codes.npy", mmap_mode="r")
+        except FileNotFoundError as exc:
+            raise TrainError(f"{d}: missing input-image arrays ({exc.filename}); run `dvc repro tokenize`") from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise TrainError(f"{d}: corrupt input-image arrays ({exc}); run `dvc repro -f tokenize`") from None
+        if len(pos) != len(ts) or len(codes) != len(ts):
+            raise TrainError(f"{d}: initial_pos.npy and initial_codes.npy hold {len(pos)} and {len(codes)} rows for "
+                             f"{len(ts)} sequences; run `dvc repro -f tokenize`")
         for i in range(len(ts)):
             t, s, im = ts.sequence(i)
             seqs.append((np.asarray(t, np.int64), np.asarray(s, bool), np.asarray(im, bool)))

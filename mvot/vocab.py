@@ -115,8 +115,17 @@ class Vocab:
     @classmethod
     def load(cls, path: str | Path) -> Vocab:
         try:
-            return cls(**json.loads(Path(path).read_text()))
+            vocab = cls(**json.loads(Path(path).read_text()))
         except FileNotFoundError:
             raise VocabError(f"{path}: missing; run `dvc repro tokenizer`") from None
-        except (json.JSONDecodeError, TypeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:
             raise VocabError(f"{path}: unreadable vocabulary ({exc}); run `dvc repro tokenizer`") from None
+        ints = {k: getattr(vocab, k) for k in ("n_text", "n_codes", "pad_id", "bos_id", "eos_id")}
+        bad = [k for k, v in ints.items() if type(v) is not int or v < 0]
+        tpi = vocab.tokens_per_image
+        if not bad and not (isinstance(tpi, dict) and all(isinstance(k, str) and type(v) is int and v > 0 for k, v in tpi.items())):
+            bad = ["tokens_per_image"]
+        if bad:
+            raise VocabError(f"{path}: corrupt vocabulary ({bad[0]} = {getattr(vocab, bad[0])!r}: want a non-negative integer, "
+                             "or task -> positive integer for tokens_per_image); run `dvc repro tokenizer`")
+        return vocab

@@ -178,9 +178,21 @@ def load(directory: str | Path) -> PatchVQ:
         spec = VQSpec(**json.loads((directory / CONFIG).read_text()))
     except FileNotFoundError:
         raise CheckpointError(f"{directory / CONFIG}: missing; {hint}") from None
-    except (json.JSONDecodeError, TypeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:
         raise CheckpointError(f"{directory / CONFIG}: unreadable tokenizer config ({exc}); {hint}") from None
-    model = PatchVQ(spec)
+    for name, default in asdict(VQSpec()).items():  # sizes are positive ints, rates non-negative numbers
+        v = getattr(spec, name)
+        if type(default) is int:
+            ok = type(v) is int and v > 0
+        else:
+            ok = type(v) in (int, float) and v >= 0
+        if not ok:
+            raise CheckpointError(f"{directory / CONFIG}: corrupt tokenizer config ({name} = {v!r}: want a "
+                                  f"{'positive integer' if type(default) is int else 'non-negative number'}); {hint}")
+    try:
+        model = PatchVQ(spec)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{directory / CONFIG}: tokenizer config builds no model ({exc}); {hint}") from None
     try:
         state = load_file(str(directory / WEIGHTS))
     except FileNotFoundError:

@@ -88,3 +88,16 @@ def test_cli_import_and_error_exit(samples, tmp_path, capsys):
     assert len((out / "frozenlake" / "level3.jsonl").read_text().splitlines()) == 12
     assert main(["import-mvot", str(tmp_path / "nowhere"), "--out", str(out)]) == 1
     assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_unwritable_out_and_empty_source_write_nothing(samples, tmp_path):
+    blocker = tmp_path / "o" / "frozenlake"  # the maze file would land first, then frozenlake/ cannot be made
+    blocker.parent.mkdir()
+    blocker.write_text("a file where a folder goes")
+    with pytest.raises(FormatError, match=r"cannot write the imported instances there .*give --out a writable folder"):
+        import_mvot(samples, tmp_path / "o")
+    assert sorted(p.name for p in (tmp_path / "o").rglob("*")) == ["frozenlake"]  # no maze/ folder, no .tmp left
+    (samples / "maze" / "grid3.json").write_text("[]")
+    with pytest.raises(FormatError, match="grid3.json: holds no instance"):
+        import_mvot(samples / "maze" / "grid3.json", tmp_path / "p")
+    assert not (tmp_path / "p").exists()

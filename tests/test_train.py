@@ -313,3 +313,32 @@ def test_pretrained_backbone_resized_with_lora(tmp_path):
     assert out.shape == (1, 4, big.size)
     with pytest.raises(ModelError, match="no config.json"):
         from_pretrained(tmp_path / "missing", big)
+
+
+def test_bad_input_image_arrays_and_a_failed_run_keeps_the_last_curve(tiny_tokens, raw_params, tmp_path):
+    import shutil
+
+    from mvot.runs import train_run
+
+    _, tok_dir, tokens_dir = tiny_tokens
+    p = _params(raw_params, tasks=["maze"], steps=2)
+    bad = tmp_path / "tokens"
+    shutil.copytree(tokens_dir / "maze", bad / "maze")
+    (bad / "maze" / "train" / "initial_pos.npy").unlink()
+    with pytest.raises(TrainError, match=r"maze/train: missing input-image arrays \(.*initial_pos\.npy\); run `dvc repro tokenize`"):
+        load_token_data(bad, ["maze"], "train", "mvot")
+    shutil.copy(tokens_dir / "maze" / "train" / "initial_pos.npy", bad / "maze" / "train")
+    (bad / "maze" / "train" / "initial_codes.npy").write_bytes(b"not an array")
+    with pytest.raises(TrainError, match="corrupt input-image arrays"):
+        load_token_data(bad, ["maze"], "train", "mvot")
+    np.save(bad / "maze" / "train" / "initial_pos.npy", np.zeros(3, np.int64))
+    shutil.copy(tokens_dir / "maze" / "train" / "initial_codes.npy", bad / "maze" / "train")
+    with pytest.raises(TrainError, match=r"hold 3 and \d+ rows for \d+ sequences"):
+        load_token_data(bad, ["maze"], "train", "mvot")
+    # a run that fails on its inputs leaves the last run's training curve in place
+    curve = tmp_path / "runs" / "run" / "curve.csv"
+    curve.parent.mkdir(parents=True)
+    curve.write_text("step,loss/total\n5,1.0\n")
+    with pytest.raises(TrainError):
+        train_run(p, "run", bad, tok_dir, tmp_path / "runs", progress=False)
+    assert curve.read_text() == "step,loss/total\n5,1.0\n"

@@ -56,7 +56,14 @@ def instance_from_json(d: dict[str, Any]) -> Instance:
         inst = Instance(task, str(d["id"]), actions, states, str(d["answer"]))
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise InvalidInstance(f"malformed instance record ({type(exc).__name__}: {exc})") from None
-    replayed, answer = mod.run(states[0], actions)
+    try:
+        if not states:
+            raise InvalidInstance(f"instance {inst.uid}: malformed record (no states)")
+        replayed, answer = mod.run(states[0], actions)
+    except InvalidInstance:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise InvalidInstance(f"instance {inst.uid}: malformed record, replaying it failed ({type(exc).__name__}: {exc})") from None
     if replayed != states:
         raise InvalidInstance(f"instance {inst.uid}: stored states differ from replaying its actions")
     if answer != inst.answer:
