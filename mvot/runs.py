@@ -56,6 +56,7 @@ def train_run(
 
     summary = train(params, run, tokens_dir, tokenizer_dir, out, log=log, resume=resume, progress=progress, raw_dir=raw_dir)
     tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    tracker.set_tags({k: str(summary[k]) for k in ("device", "hardware", "torch") if k in summary})
     if (out / "model").is_dir():  # the final model (weights, config, both tokenizers) as a pyfunc model
         model_uri = tracker.log_model(out / "model")
         if tracker.run_id:  # lets evaluation log into the same run, and promotion find the model

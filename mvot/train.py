@@ -363,6 +363,26 @@ def device(local_rank: int = 0) -> torch.device:
     return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
 
 
+def hardware(dev: torch.device) -> str:
+    """The chip a run trained on, for its record: floating-point results (and so where a
+    run's text cross-entropy passes its transition) can differ between CPU models and
+    kernels, while on one machine training is exact (resume, two processes)."""
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)} (CUDA {torch.version.cuda})"
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    import platform
+
+    name = info.get("model name") or platform.processor() or platform.machine()
+    model = f", family {info['cpu family']} model {info['model']}" if "cpu family" in info and "model" in info else ""
+    return f"{name}{model}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def _mean_across(values: dict[str, float], world: int) -> dict[str, float]:
     if world == 1:
         return values
@@ -459,6 +479,8 @@ def train(
         "batches_per_epoch": len(first),
         "padding_share": round(padding_share(data.lengths, first), 4),
         "device": dev.type,
+        "hardware": hardware(dev),
+        "torch": torch.__version__,
     }
     bar = None
     if progress and rank == 0:

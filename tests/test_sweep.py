@@ -192,6 +192,10 @@ def test_sweep_flow_parent_and_child_runs(prefect_harness, sweep_root):
                    ["sweep.grid.ld_weight=[1.0]", "sweep.grid.seed=[0]", "evaluate.limit=3"], track=False)
     (row,) = r3["rows"]
     assert row["status"] == "ok" and row.get("rescored") and row["train_seconds"] == r2["rows"][0]["train_seconds"]
+    import torch
+
+    assert r2["rows"][2]["hardware"].endswith(torch.backends.cpu.get_cpu_capability())  # the chip each trial trained on
+    assert row["hardware"] == r2["rows"][0]["hardware"]  # rescoring keeps the record of the training
     trial_dir = sweep_root / "sweeps" / "t" / "trials" / row["trial"]
     assert json.loads((trial_dir / "metrics" / "maze" / "trial.json").read_text())["n"] == 3
     assert yaml.safe_load((trial_dir / "params.yaml").read_text())["evaluate"]["limit"] == 3

@@ -198,6 +198,10 @@ def test_cli_train_logs_to_mlflow(tiny_tokens, tiny_generated, raw_params, tmp_p
     history = client.get_metric_history(run.info.run_id, "loss/total")
     assert [m.step for m in history] == [1, 2, 3]
     assert "loss/ld" in run.data.metrics and "padding_share" in run.data.metrics
+    import torch as _torch
+
+    assert run.data.tags["device"] == "cpu" and run.data.tags["torch"] == _torch.__version__
+    assert run.data.tags["hardware"].endswith(_torch.backends.cpu.get_cpu_capability())  # the chip it trained on
     # the model is a pyfunc model that answers task instances
     import json
 
