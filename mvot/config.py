@@ -447,6 +447,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a UTF-8 text file ({exc}); pass a params.yaml") from None
+    if raw is None:
+        raise ConfigError(f"{path}: empty params file; restore it from git (`git checkout {path}`) or pass --params PATH")
     return parse_params(raw, str(path))
 
 

@@ -28,6 +28,9 @@ def test_malformed_instance_records_and_files_that_are_not_utf8(tiny_generated, 
     (tmp_path / "binary.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xff")
     with pytest.raises(ConfigError, match="binary.yaml: not a UTF-8 text file"):
         load_params(tmp_path / "binary.yaml")
+    (tmp_path / "empty.yaml").write_text("# nothing\n")
+    with pytest.raises(ConfigError, match="empty.yaml: empty params file"):
+        load_params(tmp_path / "empty.yaml")
 
 
 def test_corrupt_tokenizer_configs(tiny_tokenizer, tmp_path):
