@@ -209,10 +209,9 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
         row["tasks"] = _task_scores(d / "metrics")
         row |= {"status": "ok", "train_seconds": summary.get("seconds"), "parameters": summary.get("parameters", before.get("parameters")), "wall_seconds": round(time.perf_counter() - t0, 1),
                 "threads": int(env.get("OMP_NUM_THREADS") or os.environ["OMP_NUM_THREADS"])}
-        if summary.get("hardware"):  # the chip it trained on (a rescored trial keeps its row's)
-            row |= {"hardware": summary["hardware"], "torch": summary.get("torch")}
-        elif before.get("hardware"):
-            row |= {"hardware": before["hardware"], "torch": before.get("torch")}
+        trained = summary if summary.get("hardware") else before  # the chip it trained on (a rescored trial keeps its row's)
+        if trained.get("hardware"):
+            row |= {"hardware": trained["hardware"], "torch": trained.get("torch")}
         if rescore:
             params_file.replace(d / "params.yaml")
         tmp = done.with_suffix(".tmp")

@@ -41,13 +41,14 @@ def train_run(
 
     out = Path(out_root) / run
     curve = out / "curve.csv"  # the training curve, for `dvc plots` (one row per logged step)
-    stale = [not resume]  # a fresh run replaces the old curve at its first logged step, not before: a run that
+    stale = not resume  # a fresh run replaces the old curve at its first logged step, not before: a run that
     # fails on its inputs leaves the last run's curve as it was
 
     def log(metrics: dict, step: int) -> None:
-        if stale[0]:
+        nonlocal stale
+        if stale:
             curve.unlink(missing_ok=True)
-            stale[0] = False
+            stale = False
         tracker.log_metrics(metrics, step=step)
         _append_curve(curve, step, metrics)
         if log_jsonl:

@@ -56,11 +56,11 @@ def instance_from_json(d: dict[str, Any]) -> Instance:
         inst = Instance(task, str(d["id"]), actions, states, str(d["answer"]))
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise InvalidInstance(f"malformed instance record ({type(exc).__name__}: {exc})") from None
+    if not states:
+        raise InvalidInstance(f"instance {inst.uid}: malformed record (no states)")
     try:
-        if not states:
-            raise InvalidInstance(f"instance {inst.uid}: malformed record (no states)")
         replayed, answer = mod.run(states[0], actions)
-    except InvalidInstance:
+    except InvalidInstance:  # the world's own verdict on a move, as it is
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise InvalidInstance(f"instance {inst.uid}: malformed record, replaying it failed ({type(exc).__name__}: {exc})") from None
