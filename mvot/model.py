@@ -144,7 +144,7 @@ def from_pretrained(path: str | Path, vocab: Vocab, lora_r: int = 0, lora_alpha:
     if not (path / "config.json").is_file():
         raise ModelError(f"{path}: no config.json; point train.model.pretrained at a local transformers checkpoint directory")
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: cannot load the pretrained model ({exc})") from None
     model.resize_token_embeddings(vocab.size)

@@ -238,7 +238,7 @@ def log_pyfunc_model(model_dir: str | Path, name: str = "model") -> str:
 
     info = mlflow.pyfunc.log_model(
         name=name,
-        python_model=_pyfunc_class()(),
+        python_model=str(Path(__file__).with_name("mlflow_model.py")),  # models from code: nothing pickled
         artifacts={PYFUNC_ARTIFACT: str(model_dir)},
         pip_requirements=["mvot", "torch==2.13.0", "transformers", "tokenizers", "safetensors", "vector-quantize-pytorch"],
     )

@@ -214,6 +214,10 @@ def test_cli_train_logs_to_mlflow(tiny_tokens, tiny_generated, raw_params, tmp_p
     raw_dir = tiny_generated[0] / "raw"
     instance = json.loads((raw_dir / "maze" / "test.jsonl").read_text().splitlines()[0])
     out = mlflow.pyfunc.load_model(tracking["model_uri"]).predict([instance])
+    from mlflow.models import Model
+
+    flavor = Model.load(tracking["model_uri"]).flavors["python_function"]
+    assert flavor.get("model_code_path", "").endswith("mlflow_model.py") and "python_model" not in flavor  # from code, not pickled
     from mvot.worlds import instance_from_json
 
     assert list(out["uid"]) == [instance_from_json(instance).uid]
