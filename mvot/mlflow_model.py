@@ -5,8 +5,6 @@ artifact; loading the model runs it, and it names the model class, so nothing is
 and a logged model does not depend on the cloudpickle or Python version that logged it.
 """
 
-import mlflow.models
+from mvot.tracking import set_pyfunc_model
 
-from mvot.tracking import _pyfunc_class
-
-mlflow.models.set_model(_pyfunc_class()())
+set_pyfunc_model()

@@ -231,6 +231,13 @@ def _pyfunc_class():
     return MvotPyfunc
 
 
+def set_pyfunc_model() -> None:
+    """Name the pyfunc model for MLflow's models from code (what ``mvot/mlflow_model.py`` runs)."""
+    import mlflow.models
+
+    mlflow.models.set_model(_pyfunc_class()())
+
+
 def log_pyfunc_model(model_dir: str | Path, name: str = "model") -> str:
     """Log ``model_dir`` (weights, config, tokenizers) as a pyfunc model of the active run;
     returns its model URI."""
