@@ -205,6 +205,10 @@ def _pyfunc_class():
         strings or dicts as written by ``mvot generate``, or a list of such dicts) and
         returns one row per instance: uid, answer, the reasoning text, thoughts drawn."""
 
+        # predict takes several input shapes and checks them itself; no type hints, and MLflow's
+        # type-hint validation (and its "Add type hints" warning at class creation) skipped
+        _skip_type_hint_validation = True
+
         def load_context(self, context):
             from mvot.generate import load_model
 
