@@ -62,15 +62,24 @@ COMBINED_COLS = [*CONFIG_KEYS, "task", "seeds", "upper_bound", "upper_bound_sd",
 
 
 def _mvot(args: list[str], cwd: Path, log: Path, env_extra: dict | None = None) -> str:
-    """One ``mvot`` command in its own process; its output goes to ``log``; a failure raises
-    with the log's tail."""
+    """One ``mvot`` command in its own process; returns its stdout. Its stderr (progress bars,
+    warnings) goes to ``log`` as it runs, so a running trial's ``log.txt`` shows how far it is
+    (progress bars write a line every 30 s when not on a terminal). A failure raises with the
+    command's stderr tail."""
     env = os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true", **(env_extra or {})}
-    res = subprocess.run([str(PYTHON), "-m", "mvot.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
     with log.open("a") as fh:
-        fh.write(f"$ mvot {' '.join(args)}\n{res.stdout}\n{res.stderr}\n")
+        fh.write(f"$ mvot {' '.join(args)}\n")
+        fh.flush()
+        start = fh.tell()
+        res = subprocess.run([str(PYTHON), "-m", "mvot.cli", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                             stderr=fh, text=True)
+        fh.write(f"{res.stdout}\n")
     if res.returncode != 0:
+        with log.open("rb") as fh:
+            fh.seek(start)
+            err = fh.read().decode(errors="replace")
         raise PipelineError(f"`mvot {args[2] if len(args) > 2 else args}` failed (exit {res.returncode}); "
-                            f"see {log}:\n{res.stderr[-2000:]}")
+                            f"see {log}:\n{err[-2000:]}")
     return res.stdout
 
 

@@ -23,7 +23,8 @@ class CliError(MvotError, RuntimeError):
 def _progress(total: int, desc: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=f"generate {desc}", unit="inst", dynamic_ncols=True, mininterval=0.5)
+    return tqdm(total=total, desc=f"generate {desc}", unit="inst", dynamic_ncols=True,
+                mininterval=0.5 if sys.stderr.isatty() else 30.0)  # a log file: a line every 30 s
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

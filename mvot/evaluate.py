@@ -36,6 +36,7 @@ import functools
 import json
 import math
 import re
+import sys
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -361,7 +362,7 @@ def evaluate_run(
             if progress:
                 from tqdm import tqdm
 
-                bar = tqdm(total=n, desc=f"evaluate {run} {task}", unit="inst")
+                bar = tqdm(total=n, desc=f"evaluate {run} {task}", unit="inst", mininterval=0.1 if sys.stderr.isatty() else 30.0)
             t0 = time.perf_counter()
             decoded = decoder.decode(
                 prompts, [task] * n, draw=lm.draws, max_new_tokens=budget, batch_size=cfg.batch_size,

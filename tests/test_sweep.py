@@ -281,6 +281,9 @@ def test_failed_trial_is_reported_not_lost(prefect_harness, sweep_root):
     r = run_sweep(str(sweep_root / "params.yaml"), ["sweep.grid.seed=[0]", "sweep.grid.ld_weight=[1.0]"], track=False)
     (row,) = r["rows"]
     assert row["status"] == "failed" and "train" in row["error"] and r["table"] == []
+    assert "mvot train: error:" in row["error"]  # the command's own message, from the trial's log
+    log = (Path(r["sweep_dir"]) / "trials" / row["trial"] / "log.txt").read_text()
+    assert log.startswith("$ mvot ") and "mvot train: error:" in log  # stderr streamed into the trial's log
 
 
 def test_trials_racing_to_create_an_experiment_share_it(tmp_path):
