@@ -66,6 +66,8 @@ def store(tmp_path, monkeypatch):
         import mlflow.pyfunc
 
         class Echo(mlflow.pyfunc.PythonModel):
+            _skip_type_hint_validation = True  # as mvot's own pyfunc model: no type-hint warning
+
             def predict(self, context, model_input, params=None):
                 return model_input
 
