@@ -523,8 +523,9 @@ def train(
             if rank == 0:
                 log(metrics, step)
         if bar:
+            bar.set_postfix(loss=f"{sums['loss/total']:.3f}", tok_s=f"{tokens_seen / max(1e-9, time.perf_counter() - t0):.0f}",
+                            refresh=False)  # drawn by update(), at most every mininterval
             bar.update(1)
-            bar.set_postfix(loss=f"{sums['loss/total']:.3f}", tok_s=f"{tokens_seen / max(1e-9, time.perf_counter() - t0):.0f}")
         if (step % cfg.checkpoint_every == 0 or step == end) and rank == 0:
             save_checkpoint(ckpt, core, opt, sched, step, prior_seconds + time.perf_counter() - t0)
     if bar:

@@ -51,6 +51,17 @@ def test_tiny_model_overfits_a_handful_of_mvot_traces(tiny_tokens, raw_params, t
     assert losses[-1] < 0.1 * losses[0], losses
 
 
+def test_progress_bar_into_a_log_file_draws_rarely(tiny_tokens, raw_params, tmp_path, capsys):
+    """Not on a terminal (a sweep trial's log.txt) the bar draws at most every 30 s: a short
+    run draws its start and its end, not a line per step."""
+    _, tok_dir, tokens_dir = tiny_tokens
+    p = _params(raw_params, tasks=["maze"], steps=6, lr=0.003)
+    train(p, "run", tokens_dir, tok_dir, tmp_path / "run")
+    err = capsys.readouterr().err
+    draws = err.count("train run:")
+    assert 1 <= draws <= 3 and "6/6" in err, err
+
+
 @pytest.mark.parametrize("grid_pos", [0, 6])
 def test_resume_continues_exactly(tiny_tokens, raw_params, tmp_path, grid_pos):
     _, tok_dir, tokens_dir = tiny_tokens
