@@ -21,10 +21,9 @@ class CliError(MvotError, RuntimeError):
 
 
 def _progress(total: int, desc: str):
-    from tqdm import tqdm
+    from mvot.progress import progress_bar
 
-    return tqdm(total=total, desc=f"generate {desc}", unit="inst", dynamic_ncols=True,
-                mininterval=0.5 if sys.stderr.isatty() else 30.0)  # a log file: a line every 30 s
+    return progress_bar(total, f"generate {desc}", "inst", 0.5, dynamic_ncols=True)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -36,7 +36,6 @@ import functools
 import json
 import math
 import re
-import sys
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -360,9 +359,9 @@ def evaluate_run(
             budget = task_budget(cfg, tokens_dir, task, variant)
             bar = None
             if progress:
-                from tqdm import tqdm
+                from mvot.progress import progress_bar
 
-                bar = tqdm(total=n, desc=f"evaluate {run} {task}", unit="inst", mininterval=0.1 if sys.stderr.isatty() else 30.0)
+                bar = progress_bar(n, f"evaluate {run} {task}", "inst", 0.1)
             t0 = time.perf_counter()
             decoded = decoder.decode(
                 prompts, [task] * n, draw=lm.draws, max_new_tokens=budget, batch_size=cfg.batch_size,

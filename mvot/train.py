@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -485,10 +484,9 @@ def train(
     }
     bar = None
     if progress and rank == 0:
-        from tqdm import tqdm
+        from mvot.progress import progress_bar
 
-        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {run}", unit="step", dynamic_ncols=True,
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0)  # a log file: a line every 30 s
+        bar = progress_bar(cfg.steps, f"train {run}", "step", 1.0, initial=step, dynamic_ncols=True)
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
     model.train()
     t0, tokens_seen = time.perf_counter(), 0
