@@ -14,4 +14,6 @@ def progress_bar(total: int, desc: str, unit: str, tty_interval: float, **kwargs
     from tqdm import tqdm
 
     interval = tty_interval if sys.stderr.isatty() else LOG_INTERVAL
-    return tqdm(total=total, desc=desc, unit=unit, mininterval=interval, **kwargs)
+    # tqdm's monitor thread forces a redraw once a bar has not drawn for ``maxinterval``
+    # (10 s by default), which would halve the log file's interval: never before ``interval``.
+    return tqdm(total=total, desc=desc, unit=unit, mininterval=interval, maxinterval=max(10.0, interval), **kwargs)

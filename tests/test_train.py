@@ -62,6 +62,24 @@ def test_progress_bar_into_a_log_file_draws_rarely(tiny_tokens, raw_params, tmp_
     assert 1 <= draws <= 3 and "6/6" in err, err
 
 
+def test_progress_bar_interval_is_not_undercut_by_tqdms_monitor(monkeypatch):
+    """tqdm's monitor thread redraws a bar that has been quiet for ``maxinterval`` (10 s by
+    default): into a log file that must not come before the 30 s interval; on a terminal
+    the bar keeps its short one."""
+    import io
+
+    from mvot import progress
+
+    monkeypatch.setattr(progress.sys, "stderr", io.StringIO())  # not a terminal
+    with progress.progress_bar(10, "t", "step", 1.0, file=io.StringIO()) as bar:
+        assert bar.mininterval == progress.LOG_INTERVAL <= bar.maxinterval
+    tty = io.StringIO()
+    tty.isatty = lambda: True
+    monkeypatch.setattr(progress.sys, "stderr", tty)
+    with progress.progress_bar(10, "t", "step", 1.0, file=io.StringIO()) as bar:
+        assert bar.mininterval == 1.0 and bar.maxinterval >= 1.0
+
+
 @pytest.mark.parametrize("grid_pos", [0, 6])
 def test_resume_continues_exactly(tiny_tokens, raw_params, tmp_path, grid_pos):
     _, tok_dir, tokens_dir = tiny_tokens
