@@ -90,12 +90,24 @@ def _all_or_nothing(folder: str | Path, make):
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from mvot.report import by_size_tables, ld_pairs, results_table
+    from mvot.report import (
+        CE_WINDOW_TOKENS,
+        PLATEAU_EXIT_CE,
+        SOLVED_CE,
+        by_size_tables,
+        ld_pairs,
+        results_table,
+        transitions,
+    )
 
     _check_report_outputs(args)
     table = results_table(args.sweeps, args.patch_px)
     if args.ld_pairs:  # computed before anything is printed or written: no pair is an error, not half a report
         table += "\n\nL_D against MVoT without L_D, seed by seed:\n\n" + ld_pairs(args.sweeps, args.patch_px)
+    if args.transitions:
+        table += (f"\n\nWhen each trial's text cross-entropy left its plateau and was solved (trailing median over "
+                  f"{CE_WINDOW_TOKENS / 1e6:.1f}M tokens below {PLATEAU_EXIT_CE} and {SOLVED_CE}):\n\n"
+                  + transitions(args.sweeps, args.patch_px))
     _, written = _all_or_nothing(args.plots, lambda out: (None, by_size_tables(args.sweeps, out, args.patch_px))) if args.plots else (None, [])
     print(table)
     for path in written:
@@ -487,6 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--ld-pairs", action="store_true",
                     help="also compare each MVoT trial with L_D with the one without L_D of the same seed: "
                          "V-Acc, V-Red and accuracy differences, their mean and spread, seeds that went the paper's way")
+    rp.add_argument("--transitions", action="store_true",
+                    help="also list per trial when its text cross-entropy left the plateau and fell to ~0 "
+                         "(step, tokens and minutes trained by then): compares recipes such as batch sizes")
     rp.add_argument("--track", action="store_true",
                     help="also log the table and the by-size plots as an MLflow run (experiment 'report')")
     rp.set_defaults(fn=cmd_report)

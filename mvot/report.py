@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 
 from mvot.config import TASKS, load_params
@@ -359,9 +360,74 @@ def _trial_curve(row: dict) -> dict[str, list[float]] | None:
     return c
 
 
+# A run's text cross-entropy sits on a plateau (FROZENLAKE ~0.25) until the model learns which
+# action comes next, then falls by orders of magnitude. Where it "leaves the plateau" and where
+# it is "solved", on the median over a trailing window of a fixed number of tokens (200 steps of
+# 8,192), so runs of different batch sizes are compared on the same footing; the median, as
+# small batches' losses spike now and then.
+PLATEAU_EXIT_CE, SOLVED_CE, CE_WINDOW_TOKENS = 0.2, 0.01, 200 * 8192
+
+
+def _first_below(steps: list[float], ce: list[float], batch_tokens: int, level: float) -> float | None:
+    """The first logged step whose trailing window (``CE_WINDOW_TOKENS``) of text
+    cross-entropy has its median below ``level``, once a whole window has been trained; ``None``
+    if none does. Steps count from the curve's own first step."""
+    span = CE_WINDOW_TOKENS / batch_tokens
+    start = steps[0] - (steps[1] - steps[0] if len(steps) > 1 else 0)
+    lo = 0
+    for i, s in enumerate(steps):
+        while steps[lo] <= s - span:
+            lo += 1
+        window = [c for c in ce[lo:i + 1] if c == c]
+        if s - start >= span and window and statistics.median(window) < level:
+            return s
+    return None
+
+
+def transitions(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
+    """When each trial's text cross-entropy left its plateau (trailing median below
+    ``PLATEAU_EXIT_CE``) and fell to ``SOLVED_CE``: the step, the tokens trained by then
+    (step x ``train.batch_tokens``, millions) and the training minutes by then (the trial's
+    train seconds pro rata), beside its median text cross-entropy over the last window
+    and its accuracy. Steps of a trial trained on from another's model count from scratch
+    (as in the curves figure). This compares recipes (batch size, learning rate) on what
+    decides a run here: how soon it passes the transition."""
+    lines = ["| task | sweep | row | seed | steps x tokens | leaves plateau: step / M tokens / min | "
+             "solved: step / M tokens / min | last text CE | accuracy |", "|---|---|---|---|---|---|---|---|---|"]
+    for d, trials in _sweeps(sweep_dirs):
+        for row in sorted(trials, key=lambda t: (t["variant"], float(t["ld_weight"]), int(t["seed"]))):
+            curve = _trial_curve(row) if int(row["patch_px"]) == patch_px else None
+            if not curve or "loss/text_ce" not in curve or not curve.get("step"):
+                continue
+            params = row["_params"]
+            batch, steps, ce = params.train.batch_tokens, curve["step"], curve["loss/text_ce"]
+            own = params.train.steps
+            offset = steps[-1] - own if steps[-1] > own else 0.0  # a continued trial's steps before its own
+            per_step = (_num(row.get("train_seconds")) or 0.0) / own / 60
+
+            def when(level: float, steps=steps, ce=ce, batch=batch, offset=offset, per_step=per_step) -> str:
+                s = _first_below(steps, ce, batch, level)
+                if s is None:
+                    return "not within the run"
+                return f"{s:,.0f} / {s * batch / 1e6:.1f} / {(s - offset) * per_step:.1f}" + (" (of this run)" if offset else "")
+
+            tail = [c for s, c in zip(steps, ce, strict=True) if s > steps[-1] - CE_WINDOW_TOKENS / batch and c == c]
+            last = f"{statistics.median(tail):.3f}" if tail else "-"
+            for task, scores in row["tasks"].items():
+                acc = scores.get("accuracy")
+                lines.append(f"| {task} | {d.name} | {_label(row['variant'], row['ld_weight'])} | {row['seed']} | "
+                             f"{own:,} x {batch:,} | {when(PLATEAU_EXIT_CE)} | {when(SOLVED_CE)} | {last} | "
+                             f"{'-' if acc is None else f'{acc:.1f}'} |")
+    if len(lines) == 2:
+        raise ReportError(f"{' '.join(str(s) for s in sweep_dirs)}: no finished trial kept a training curve with a text "
+                          f"cross-entropy at {patch_px}-pixel patches (runs/trial/curve.csv); rerun the sweep")
+    return "\n".join(lines)
+
+
 def learning_curves(sweep_dirs: list[str | Path], path: str | Path, patch_px: int = 16) -> Path | None:
     """Training curves of the sweeps' finished trials: text and image cross-entropy against
-    step (a trial started from another's model continues after its last step), one line per
+    step (a trial started from another's model continues after its last step; against
+    tokens trained where the trials' batch sizes differ), one line per
     trial (row and seed), one row of panels per task, log scale. Where a
     row's seeds end far apart, this shows whether the model learned the task at all (text
     cross-entropy falling to ~0) and when. ``None`` when no trial kept its curve."""
@@ -370,16 +436,21 @@ def learning_curves(sweep_dirs: list[str | Path], path: str | Path, patch_px: in
 
 def _plot_curves(sweeps: list[tuple[Path, list[dict]]], path: str | Path, patch_px: int) -> Path | None:
     series: dict[str, list[tuple[str, dict[str, list[float]]]]] = {}
+    batches: set[int] = set()
     for d, trials in sweeps:
         for row in trials:
             curve = _trial_curve(row) if int(row["patch_px"]) == patch_px else None
             if curve is None:
                 continue
             label = _label(row["variant"], row["ld_weight"])
+            curve["tokens"] = [s * row["_params"].train.batch_tokens / 1e6 for s in curve.get("step", [])]
+            batches.add(row["_params"].train.batch_tokens)
             for task in row.get("tasks", {}):
                 series.setdefault(task, []).append((f"{label} s{row['seed']} [{d.name}]", curve))
     if not series:
         return None
+    # runs of different batch sizes are compared on tokens trained, not steps
+    x_key, x_name = ("tokens", "tokens trained (millions)") if len(batches) > 1 else ("step", "step")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -392,9 +463,9 @@ def _plot_curves(sweeps: list[tuple[Path, list[dict]]], path: str | Path, patch_
         for ax, (key, name) in zip(row_axes, losses, strict=True):
             for i, (label, c) in enumerate(series[task]):  # one colour per trial in both panels
                 if key in c and any(v == v and v > 0 for v in c[key]):
-                    ax.plot(c["step"], c[key], label=label, linewidth=1, color=f"C{i % 10}")
+                    ax.plot(c[x_key], c[key], label=label, linewidth=1, color=f"C{i % 10}")
             ax.set_yscale("log")
-            ax.set_xlabel("step")
+            ax.set_xlabel(x_name)
             ax.set_ylabel(name)
             ax.set_title(f"{task}: {name}", fontsize=9)
             if ax.get_legend_handles_labels()[0]:

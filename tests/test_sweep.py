@@ -559,6 +559,47 @@ def test_report_draws_the_trials_learning_curves(raw_params, tmp_path):
     assert learning_curves([d, e], tmp_path / "y.png").stat().st_size > 0
 
 
+def test_transitions_find_where_each_trial_left_the_plateau_on_tokens_trained(raw_params, tmp_path, capsys):
+    from mvot.cli import main
+    from mvot.report import CE_WINDOW_TOKENS, ReportError, learning_curves, transitions
+
+    def trial(sweep, seed, batch, steps, ce_at, acc):
+        """A finished MVoT trial of ``steps`` steps at ``batch`` tokens, its text CE logged every 10 steps by ``ce_at``."""
+        t = _report_trial(sweep, raw_params, "mvot", 1.0, seed, acc, [], task="frozenlake")
+        d = sweep / "trials" / t["trial"]
+        params = yaml.safe_load((d / "params.yaml").read_text())
+        params["train"].update(batch_tokens=batch, steps=steps)
+        (d / "params.yaml").write_text(yaml.safe_dump(params))
+        (d / "runs" / "trial").mkdir(parents=True)
+        (d / "runs" / "trial" / "curve.csv").write_text("step,loss/text_ce\n" + "".join(
+            f"{s},{ce_at(s)}\n" for s in range(10, steps + 1, 10)))
+
+    big, small = tmp_path / "fl-8k", tmp_path / "fl-2k"
+    span = CE_WINDOW_TOKENS // 8192  # 200 steps at 8,192 tokens, 800 at 2,048
+    # at 8,192 tokens: on the plateau (0.25) until step 1,000, then 0.1, then 0.001 from step 2,000
+    trial(big, 0, 8192, 2400, lambda s: 0.25 if s <= 1000 else 0.1 if s <= 2000 else 0.001, 90.0)
+    # at 2,048 tokens: leaves at step 2,000 (4.1M tokens), one spike inside each later window; never solved
+    trial(small, 0, 2048, 4800, lambda s: 0.3 if s <= 2000 else 5.0 if s % 400 == 0 else 0.05, 40.0)
+    rows = [x for x in transitions([big, small]).splitlines() if x.startswith("| frozenlake |")]
+    # the median of the trailing window (20 points) is below 0.2 once half of it is past the drop: (0.1 + 0.25) / 2
+    leave_8k = 1000 + span // 2
+    assert rows[0] == (f"| frozenlake | fl-8k | MVoT (L_D 1.0) | 0 | 2,400 x 8,192 | {leave_8k:,} / {leave_8k * 8192 / 1e6:.1f} / "
+                       f"{leave_8k * 100 / 2400 / 60:.1f} | 2,110 / 17.3 / 1.5 | 0.001 | 90.0 |")
+    leave_2k = 2000 + 4 * span // 2 + 10  # one more point: the spike at step 2,400 sits in the upper half
+    assert rows[1] == (f"| frozenlake | fl-2k | MVoT (L_D 1.0) | 0 | 4,800 x 2,048 | {leave_2k:,} / {leave_2k * 2048 / 1e6:.1f} / "
+                       f"{leave_2k * 100 / 4800 / 60:.1f} | not within the run | 0.050 | 40.0 |")  # spikes do not move a median
+    # a curve low from the start counts only once a whole window (200 steps here) has been trained
+    early = tmp_path / "fl-early"
+    trial(early, 1, 8192, 300, lambda s: 0.001, 99.0)
+    assert "| 300 x 8,192 | 200 / 1.6 / 1.1 | 200 / 1.6 / 1.1 |" in transitions([early])
+    with pytest.raises(ReportError, match="no finished trial kept a training curve"):
+        transitions([big], patch_px=8)
+    assert main(["report", str(big), str(small), "--transitions", "--plots", str(tmp_path / "plots")]) == 0
+    out = capsys.readouterr().out
+    assert "left its plateau and was solved (trailing median over 1.6M tokens below 0.2 and 0.01)" in out and rows[1] in out
+    assert learning_curves([big, small], tmp_path / "by-tokens.png").stat().st_size > 0  # two batch sizes: x is tokens
+
+
 def test_compactness_study_merges_the_table_sweep_with_other_patch_sizes(raw_params, tmp_path, monkeypatch, capsys):
     from mvot.cli import main
     from mvot.report import ReportError, compactness_table
