@@ -106,7 +106,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         table += "\n\nL_D against MVoT without L_D, seed by seed:\n\n" + ld_pairs(args.sweeps, args.patch_px)
     if args.transitions:
         table += (f"\n\nWhen each trial's text cross-entropy left its plateau and was solved (trailing median over "
-                  f"{CE_WINDOW_TOKENS / 1e6:.1f}M tokens below {PLATEAU_EXIT_CE} and {SOLVED_CE}):\n\n"
+                  f"{CE_WINDOW_TOKENS / 1e6:.1f}M batch tokens below {PLATEAU_EXIT_CE} and {SOLVED_CE}):\n\n"
                   + transitions(args.sweeps, args.patch_px))
     _, written = _all_or_nothing(args.plots, lambda out: (None, by_size_tables(args.sweeps, out, args.patch_px))) if args.plots else (None, [])
     print(table)

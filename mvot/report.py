@@ -368,10 +368,10 @@ def _trial_curve(row: dict) -> dict[str, list[float]] | None:
 PLATEAU_EXIT_CE, SOLVED_CE, CE_WINDOW_TOKENS = 0.2, 0.01, 200 * 8192
 
 
-def _first_below(steps: list[float], ce: list[float], batch_tokens: int, level: float) -> float | None:
-    """The first logged step whose trailing window (``CE_WINDOW_TOKENS``) of text
-    cross-entropy has its median below ``level``, once a whole window has been trained; ``None``
-    if none does. Steps count from the curve's own first step."""
+def _first_below(steps: list[float], ce: list[float], batch_tokens: int, level: float) -> int | None:
+    """The index of the first logged step whose trailing window (``CE_WINDOW_TOKENS`` of
+    batch budget) of text cross-entropy has its median below ``level``, once a whole window
+    has been trained; ``None`` if none does. Steps count from the curve's own first step."""
     span = CE_WINDOW_TOKENS / batch_tokens
     start = steps[0] - (steps[1] - steps[0] if len(steps) > 1 else 0)
     lo = 0
@@ -380,18 +380,21 @@ def _first_below(steps: list[float], ce: list[float], batch_tokens: int, level: 
             lo += 1
         window = [c for c in ce[lo:i + 1] if c == c]
         if s - start >= span and window and statistics.median(window) < level:
-            return s
+            return i
     return None
 
 
 def transitions(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
     """When each trial's text cross-entropy left its plateau (trailing median below
-    ``PLATEAU_EXIT_CE``) and fell to ``SOLVED_CE``: the step, the tokens trained by then
-    (step x ``train.batch_tokens``, millions) and the training minutes by then (the trial's
-    train seconds pro rata), beside its median text cross-entropy over the last window
-    and its accuracy. Steps of a trial trained on from another's model count from scratch
-    (as in the curves figure). This compares recipes (batch size, learning rate) on what
-    decides a run here: how soon it passes the transition."""
+    ``PLATEAU_EXIT_CE``) and fell to ``SOLVED_CE``: the step, the real (unpadded) tokens
+    trained by then (millions: the logged ``train/tokens_per_s`` times the training seconds
+    by then; step x ``train.batch_tokens`` where a curve lacks it) and the training minutes
+    by then (the trial's train seconds pro rata), beside its median text cross-entropy over
+    the last window and its accuracy. A batch holds up to ``batch_tokens`` with padding, so
+    small batches of long sequences hold fewer real tokens: compare runs on the real ones.
+    Steps of a trial trained on from another's model count from scratch (as in the curves
+    figure); its tokens and minutes are its own part's. This compares recipes (batch size,
+    learning rate) on what decides a run here: how soon it passes the transition."""
     lines = ["| task | sweep | row | seed | steps x tokens | leaves plateau: step / M tokens / min | "
              "solved: step / M tokens / min | last text CE | accuracy |", "|---|---|---|---|---|---|---|---|---|"]
     for d, trials in _sweeps(sweep_dirs):
@@ -405,11 +408,15 @@ def transitions(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
             offset = steps[-1] - own if steps[-1] > own else 0.0  # a continued trial's steps before its own
             per_step = (_num(row.get("train_seconds")) or 0.0) / own / 60
 
-            def when(level: float, steps=steps, ce=ce, batch=batch, offset=offset, per_step=per_step) -> str:
-                s = _first_below(steps, ce, batch, level)
-                if s is None:
+            rate = curve.get("train/tokens_per_s")
+
+            def when(level: float, steps=steps, ce=ce, batch=batch, offset=offset, per_step=per_step, rate=rate) -> str:
+                i = _first_below(steps, ce, batch, level)
+                if i is None:
                     return "not within the run"
-                return f"{s:,.0f} / {s * batch / 1e6:.1f} / {(s - offset) * per_step:.1f}" + (" (of this run)" if offset else "")
+                s, minutes = steps[i], (steps[i] - offset) * per_step
+                tokens = rate[i] * minutes * 60 if rate and rate[i] == rate[i] and per_step else (s - offset) * batch
+                return f"{s:,.0f} / {tokens / 1e6:.1f} / {minutes:.1f}" + (" (of this run)" if offset else "")
 
             tail = [c for s, c in zip(steps, ce, strict=True) if s > steps[-1] - CE_WINDOW_TOKENS / batch and c == c]
             last = f"{statistics.median(tail):.3f}" if tail else "-"

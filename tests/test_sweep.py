@@ -563,16 +563,18 @@ def test_transitions_find_where_each_trial_left_the_plateau_on_tokens_trained(ra
     from mvot.cli import main
     from mvot.report import CE_WINDOW_TOKENS, ReportError, learning_curves, transitions
 
-    def trial(sweep, seed, batch, steps, ce_at, acc):
-        """A finished MVoT trial of ``steps`` steps at ``batch`` tokens, its text CE logged every 10 steps by ``ce_at``."""
+    def trial(sweep, seed, batch, steps, ce_at, acc, tokens_per_s=None):
+        """A finished MVoT trial of ``steps`` steps at ``batch`` tokens (100 s of training), its text CE logged every
+        10 steps by ``ce_at`` and, if given, its real tokens per second."""
         t = _report_trial(sweep, raw_params, "mvot", 1.0, seed, acc, [], task="frozenlake")
         d = sweep / "trials" / t["trial"]
         params = yaml.safe_load((d / "params.yaml").read_text())
         params["train"].update(batch_tokens=batch, steps=steps)
         (d / "params.yaml").write_text(yaml.safe_dump(params))
         (d / "runs" / "trial").mkdir(parents=True)
-        (d / "runs" / "trial" / "curve.csv").write_text("step,loss/text_ce\n" + "".join(
-            f"{s},{ce_at(s)}\n" for s in range(10, steps + 1, 10)))
+        rate = "" if tokens_per_s is None else ",train/tokens_per_s"
+        (d / "runs" / "trial" / "curve.csv").write_text(f"step,loss/text_ce{rate}\n" + "".join(
+            f"{s},{ce_at(s)}{'' if tokens_per_s is None else f',{tokens_per_s}'}\n" for s in range(10, steps + 1, 10)))
 
     big, small = tmp_path / "fl-8k", tmp_path / "fl-2k"
     span = CE_WINDOW_TOKENS // 8192  # 200 steps at 8,192 tokens, 800 at 2,048
@@ -592,11 +594,15 @@ def test_transitions_find_where_each_trial_left_the_plateau_on_tokens_trained(ra
     early = tmp_path / "fl-early"
     trial(early, 1, 8192, 300, lambda s: 0.001, 99.0)
     assert "| 300 x 8,192 | 200 / 1.6 / 1.1 | 200 / 1.6 / 1.1 |" in transitions([early])
+    # with the logged real tokens per second the tokens are real ones, not the padded budget: 5,000/s x 66.7 s
+    real = tmp_path / "fl-real"
+    trial(real, 1, 8192, 300, lambda s: 0.001, 99.0, tokens_per_s=5000.0)
+    assert "| 300 x 8,192 | 200 / 0.3 / 1.1 | 200 / 0.3 / 1.1 |" in transitions([real])
     with pytest.raises(ReportError, match="no finished trial kept a training curve"):
         transitions([big], patch_px=8)
     assert main(["report", str(big), str(small), "--transitions", "--plots", str(tmp_path / "plots")]) == 0
     out = capsys.readouterr().out
-    assert "left its plateau and was solved (trailing median over 1.6M tokens below 0.2 and 0.01)" in out and rows[1] in out
+    assert "left its plateau and was solved (trailing median over 1.6M batch tokens below 0.2 and 0.01)" in out and rows[1] in out
     assert learning_curves([big, small], tmp_path / "by-tokens.png").stat().st_size > 0  # two batch sizes: x is tokens
 
 
