@@ -384,6 +384,17 @@ def _first_below(steps: list[float], ce: list[float], batch_tokens: int, level: 
     return None
 
 
+def _tokens_per_step(row: dict, curve: dict[str, list[float]]) -> list[float]:
+    """Real (unpadded) tokens per step at each logged point of a trial's curve: its logged
+    tokens per second (an average since the run started) times its seconds per step; the
+    batch budget ``train.batch_tokens`` (padding included) where a curve lacks the rate."""
+    params = row["_params"].train
+    per_step = (_num(row.get("train_seconds")) or 0.0) / params.steps
+    rate = curve.get("train/tokens_per_s") or []
+    return [r * per_step if i < len(rate) and (r := rate[i]) == r and per_step else float(params.batch_tokens)
+            for i in range(len(curve.get("step", [])))]
+
+
 def transitions(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
     """When each trial's text cross-entropy left its plateau (trailing median below
     ``PLATEAU_EXIT_CE``) and fell to ``SOLVED_CE``: the step, the real (unpadded) tokens
@@ -408,15 +419,14 @@ def transitions(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
             offset = steps[-1] - own if steps[-1] > own else 0.0  # a continued trial's steps before its own
             per_step = (_num(row.get("train_seconds")) or 0.0) / own / 60
 
-            rate = curve.get("train/tokens_per_s")
+            real = _tokens_per_step(row, curve)
 
-            def when(level: float, steps=steps, ce=ce, batch=batch, offset=offset, per_step=per_step, rate=rate) -> str:
+            def when(level: float, steps=steps, ce=ce, batch=batch, offset=offset, per_step=per_step, real=real) -> str:
                 i = _first_below(steps, ce, batch, level)
                 if i is None:
                     return "not within the run"
-                s, minutes = steps[i], (steps[i] - offset) * per_step
-                tokens = rate[i] * minutes * 60 if rate and rate[i] == rate[i] and per_step else (s - offset) * batch
-                return f"{s:,.0f} / {tokens / 1e6:.1f} / {minutes:.1f}" + (" (of this run)" if offset else "")
+                own = steps[i] - offset
+                return f"{steps[i]:,.0f} / {own * real[i] / 1e6:.1f} / {own * per_step:.1f}" + (" (of this run)" if offset else "")
 
             tail = [c for s, c in zip(steps, ce, strict=True) if s > steps[-1] - CE_WINDOW_TOKENS / batch and c == c]
             last = f"{statistics.median(tail):.3f}" if tail else "-"
@@ -450,14 +460,14 @@ def _plot_curves(sweeps: list[tuple[Path, list[dict]]], path: str | Path, patch_
             if curve is None:
                 continue
             label = _label(row["variant"], row["ld_weight"])
-            curve["tokens"] = [s * row["_params"].train.batch_tokens / 1e6 for s in curve.get("step", [])]
+            curve["tokens"] = [s * n / 1e6 for s, n in zip(curve.get("step", []), _tokens_per_step(row, curve), strict=True)]
             batches.add(row["_params"].train.batch_tokens)
             for task in row.get("tasks", {}):
                 series.setdefault(task, []).append((f"{label} s{row['seed']} [{d.name}]", curve))
     if not series:
         return None
     # runs of different batch sizes are compared on tokens trained, not steps
-    x_key, x_name = ("tokens", "tokens trained (millions)") if len(batches) > 1 else ("step", "step")
+    x_key, x_name = ("tokens", "real tokens trained (millions)") if len(batches) > 1 else ("step", "step")
     import matplotlib
 
     matplotlib.use("Agg")
