@@ -368,20 +368,26 @@ def _trial_curve(row: dict) -> dict[str, list[float]] | None:
 PLATEAU_EXIT_CE, SOLVED_CE, CE_WINDOW_TOKENS = 0.2, 0.01, 200 * 8192
 
 
+def _trailing_median(steps: list[float], values: list[float], span: float) -> list[float]:
+    """At each logged step, the median of the values logged within the ``span`` steps up to
+    it (NaN where none is a number): a small batch's loss spikes now and then."""
+    out, lo = [], 0
+    for i, s in enumerate(steps):
+        while steps[lo] <= s - span:
+            lo += 1
+        window = [v for v in values[lo:i + 1] if v == v]
+        out.append(statistics.median(window) if window else float("nan"))
+    return out
+
+
 def _first_below(steps: list[float], ce: list[float], batch_tokens: int, level: float) -> int | None:
     """The index of the first logged step whose trailing window (``CE_WINDOW_TOKENS`` of
     batch budget) of text cross-entropy has its median below ``level``, once a whole window
     has been trained; ``None`` if none does. Steps count from the curve's own first step."""
     span = CE_WINDOW_TOKENS / batch_tokens
     start = steps[0] - (steps[1] - steps[0] if len(steps) > 1 else 0)
-    lo = 0
-    for i, s in enumerate(steps):
-        while steps[lo] <= s - span:
-            lo += 1
-        window = [c for c in ce[lo:i + 1] if c == c]
-        if s - start >= span and window and statistics.median(window) < level:
-            return i
-    return None
+    return next((i for i, (s, m) in enumerate(zip(steps, _trailing_median(steps, ce, span), strict=True))
+                 if s - start >= span and m < level), None)
 
 
 def _tokens_per_step(row: dict, curve: dict[str, list[float]]) -> list[float]:
@@ -442,9 +448,10 @@ def transitions(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
 
 
 def learning_curves(sweep_dirs: list[str | Path], path: str | Path, patch_px: int = 16) -> Path | None:
-    """Training curves of the sweeps' finished trials: text and image cross-entropy against
+    """Training curves of the sweeps' finished trials: text and image cross-entropy (the
+    trailing median over ``CE_WINDOW_TOKENS``, as ``transitions`` reads them) against
     step (a trial started from another's model continues after its last step; against
-    tokens trained where the trials' batch sizes differ), one line per
+    real tokens trained where the trials' batch sizes differ), one line per
     trial (row and seed), one row of panels per task, log scale. Where a
     row's seeds end far apart, this shows whether the model learned the task at all (text
     cross-entropy falling to ~0) and when. ``None`` when no trial kept its curve."""
@@ -461,7 +468,11 @@ def _plot_curves(sweeps: list[tuple[Path, list[dict]]], path: str | Path, patch_
                 continue
             label = _label(row["variant"], row["ld_weight"])
             curve["tokens"] = [s * n / 1e6 for s, n in zip(curve.get("step", []), _tokens_per_step(row, curve), strict=True)]
-            batches.add(row["_params"].train.batch_tokens)
+            batch = row["_params"].train.batch_tokens
+            batches.add(batch)
+            for key in ("loss/text_ce", "loss/image_ce"):  # drawn as the transitions table reads them
+                if key in curve:
+                    curve[key] = _trailing_median(curve["step"], curve[key], CE_WINDOW_TOKENS / batch)
             for task in row.get("tasks", {}):
                 series.setdefault(task, []).append((f"{label} s{row['seed']} [{d.name}]", curve))
     if not series:
@@ -484,7 +495,7 @@ def _plot_curves(sweeps: list[tuple[Path, list[dict]]], path: str | Path, patch_
             ax.set_yscale("log")
             ax.set_xlabel(x_name)
             ax.set_ylabel(name)
-            ax.set_title(f"{task}: {name}", fontsize=9)
+            ax.set_title(f"{task}: {name} (trailing median over {CE_WINDOW_TOKENS / 1e6:.1f}M batch tokens)", fontsize=9)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=6)
     fig.tight_layout()

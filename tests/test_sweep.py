@@ -561,7 +561,7 @@ def test_report_draws_the_trials_learning_curves(raw_params, tmp_path):
 
 def test_transitions_find_where_each_trial_left_the_plateau_on_tokens_trained(raw_params, tmp_path, capsys):
     from mvot.cli import main
-    from mvot.report import CE_WINDOW_TOKENS, ReportError, learning_curves, transitions
+    from mvot.report import CE_WINDOW_TOKENS, ReportError, _trailing_median, learning_curves, transitions
 
     def trial(sweep, seed, batch, steps, ce_at, acc, tokens_per_s=None):
         """A finished MVoT trial of ``steps`` steps at ``batch`` tokens (100 s of training), its text CE logged every
@@ -604,6 +604,8 @@ def test_transitions_find_where_each_trial_left_the_plateau_on_tokens_trained(ra
     out = capsys.readouterr().out
     assert "left its plateau and was solved (trailing median over 1.6M batch tokens below 0.2 and 0.01)" in out and rows[1] in out
     assert learning_curves([big, small], tmp_path / "by-tokens.png").stat().st_size > 0  # two batch sizes: x is tokens
+    # the curves are drawn as the table reads them: a trailing median, which one spike does not move
+    assert _trailing_median([10, 20, 30, 40], [1.0, 100.0, 1.0, float("nan")], 25) == [1.0, 50.5, 1.0, 50.5]
 
 
 def test_compactness_study_merges_the_table_sweep_with_other_patch_sizes(raw_params, tmp_path, monkeypatch, capsys):
