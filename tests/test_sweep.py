@@ -561,7 +561,13 @@ def test_report_draws_the_trials_learning_curves(raw_params, tmp_path):
 
 def test_transitions_find_where_each_trial_left_the_plateau_on_tokens_trained(raw_params, tmp_path, capsys):
     from mvot.cli import main
-    from mvot.report import CE_WINDOW_TOKENS, ReportError, _trailing_median, learning_curves, transitions
+    from mvot.report import (
+        CE_WINDOW_TOKENS,
+        ReportError,
+        _trailing_median,
+        learning_curves,
+        transitions,
+    )
 
     def trial(sweep, seed, batch, steps, ce_at, acc, tokens_per_s=None):
         """A finished MVoT trial of ``steps`` steps at ``batch`` tokens (100 s of training), its text CE logged every
