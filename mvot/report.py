@@ -380,14 +380,12 @@ def _trailing_median(steps: list[float], values: list[float], span: float) -> li
     return out
 
 
-def _first_below(steps: list[float], ce: list[float], batch_tokens: int, level: float) -> int | None:
-    """The index of the first logged step whose trailing window (``CE_WINDOW_TOKENS`` of
-    batch budget) of text cross-entropy has its median below ``level``, once a whole window
-    has been trained; ``None`` if none does. Steps count from the curve's own first step."""
-    span = CE_WINDOW_TOKENS / batch_tokens
+def _first_below(steps: list[float], median: list[float], span: float, level: float) -> int | None:
+    """The index of the first logged step whose trailing median (``_trailing_median`` over
+    ``span`` steps) is below ``level``, once a whole window has been trained; ``None`` if
+    none is. Steps count from the curve's own first step."""
     start = steps[0] - (steps[1] - steps[0] if len(steps) > 1 else 0)
-    return next((i for i, (s, m) in enumerate(zip(steps, _trailing_median(steps, ce, span), strict=True))
-                 if s - start >= span and m < level), None)
+    return next((i for i, (s, m) in enumerate(zip(steps, median, strict=True)) if s - start >= span and m < level), None)
 
 
 def _tokens_per_step(row: dict, curve: dict[str, list[float]]) -> list[float]:
@@ -420,26 +418,22 @@ def transitions(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
             if not curve or "loss/text_ce" not in curve or not curve.get("step"):
                 continue
             params = row["_params"]
-            batch, steps, ce = params.train.batch_tokens, curve["step"], curve["loss/text_ce"]
-            own = params.train.steps
+            batch, steps, own = params.train.batch_tokens, curve["step"], params.train.steps
+            span = CE_WINDOW_TOKENS / batch
+            median = _trailing_median(steps, curve["loss/text_ce"], span)
             offset = steps[-1] - own if steps[-1] > own else 0.0  # a continued trial's steps before its own
-            per_step = (_num(row.get("train_seconds")) or 0.0) / own / 60
-
-            real = _tokens_per_step(row, curve)
-
-            def when(level: float, steps=steps, ce=ce, batch=batch, offset=offset, per_step=per_step, real=real) -> str:
-                i = _first_below(steps, ce, batch, level)
-                if i is None:
-                    return "not within the run"
-                own = steps[i] - offset
-                return f"{steps[i]:,.0f} / {own * real[i] / 1e6:.1f} / {own * per_step:.1f}" + (" (of this run)" if offset else "")
-
-            tail = [c for s, c in zip(steps, ce, strict=True) if s > steps[-1] - CE_WINDOW_TOKENS / batch and c == c]
-            last = f"{statistics.median(tail):.3f}" if tail else "-"
+            minutes, real = (_num(row.get("train_seconds")) or 0.0) / own / 60, _tokens_per_step(row, curve)
+            cells = []
+            for level in (PLATEAU_EXIT_CE, SOLVED_CE):
+                i = _first_below(steps, median, span, level)
+                n = None if i is None else steps[i] - offset
+                cells.append("not within the run" if i is None else f"{steps[i]:,.0f} / {n * real[i] / 1e6:.1f} / "
+                             f"{n * minutes:.1f}" + (" (of this run)" if offset else ""))
+            last = "-" if median[-1] != median[-1] else f"{median[-1]:.3f}"
             for task, scores in row["tasks"].items():
                 acc = scores.get("accuracy")
                 lines.append(f"| {task} | {d.name} | {_label(row['variant'], row['ld_weight'])} | {row['seed']} | "
-                             f"{own:,} x {batch:,} | {when(PLATEAU_EXIT_CE)} | {when(SOLVED_CE)} | {last} | "
+                             f"{own:,} x {batch:,} | {cells[0]} | {cells[1]} | {last} | "
                              f"{'-' if acc is None else f'{acc:.1f}'} |")
     if len(lines) == 2:
         raise ReportError(f"{' '.join(str(s) for s in sweep_dirs)}: no finished trial kept a training curve with a text "
