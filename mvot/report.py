@@ -388,12 +388,17 @@ def _first_below(steps: list[float], median: list[float], span: float, level: fl
     return next((i for i, (s, m) in enumerate(zip(steps, median, strict=True)) if s - start >= span and m < level), None)
 
 
+def _seconds_per_step(row: dict) -> float:
+    """A trial's training seconds over its own steps (0 where it recorded no time)."""
+    return (_num(row.get("train_seconds")) or 0.0) / row["_params"].train.steps
+
+
 def _tokens_per_step(row: dict, curve: dict[str, list[float]]) -> list[float]:
     """Real (unpadded) tokens per step at each logged point of a trial's curve: its logged
     tokens per second (an average since the run started) times its seconds per step; the
     batch budget ``train.batch_tokens`` (padding included) where a curve lacks the rate."""
     params = row["_params"].train
-    per_step = (_num(row.get("train_seconds")) or 0.0) / params.steps
+    per_step = _seconds_per_step(row)
     rate = curve.get("train/tokens_per_s") or []
     return [r * per_step if i < len(rate) and (r := rate[i]) == r and per_step else float(params.batch_tokens)
             for i in range(len(curve.get("step", [])))]
@@ -422,13 +427,15 @@ def transitions(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
             span = CE_WINDOW_TOKENS / batch
             median = _trailing_median(steps, curve["loss/text_ce"], span)
             offset = steps[-1] - own if steps[-1] > own else 0.0  # a continued trial's steps before its own
-            minutes, real = (_num(row.get("train_seconds")) or 0.0) / own / 60, _tokens_per_step(row, curve)
+            minutes, real = _seconds_per_step(row) / 60, _tokens_per_step(row, curve)
             cells = []
             for level in (PLATEAU_EXIT_CE, SOLVED_CE):
                 i = _first_below(steps, median, span, level)
-                n = None if i is None else steps[i] - offset
-                cells.append("not within the run" if i is None else f"{steps[i]:,.0f} / {n * real[i] / 1e6:.1f} / "
-                             f"{n * minutes:.1f}" + (" (of this run)" if offset else ""))
+                if i is None:
+                    cells.append("not within the run")
+                    continue
+                n = steps[i] - offset  # this run's own steps by then
+                cells.append(f"{steps[i]:,.0f} / {n * real[i] / 1e6:.1f} / {n * minutes:.1f}" + (" (of this run)" if offset else ""))
             last = "-" if median[-1] != median[-1] else f"{median[-1]:.3f}"
             for task, scores in row["tasks"].items():
                 acc = scores.get("accuracy")
