@@ -410,7 +410,8 @@ def transitions(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
     trained by then (millions: the logged ``train/tokens_per_s`` times the training seconds
     by then; step x ``train.batch_tokens`` where a curve lacks it) and the training minutes
     by then (the trial's train seconds pro rata), beside its median text cross-entropy over
-    the last window and its accuracy. A batch holds up to ``batch_tokens`` with padding, so
+    the last window and its accuracy. A trial trained on several tasks is one line: its
+    curve is the tasks' together (``task`` joins them, ``accuracy`` lists each task's). A batch holds up to ``batch_tokens`` with padding, so
     small batches of long sequences hold fewer real tokens: compare runs on the real ones.
     Steps of a trial trained on from another's model count from scratch (as in the curves
     figure); its tokens and minutes are its own part's. This compares recipes (batch size,
@@ -437,11 +438,13 @@ def transitions(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
                 n = steps[i] - offset  # this run's own steps by then
                 cells.append(f"{steps[i]:,.0f} / {n * real[i] / 1e6:.1f} / {n * minutes:.1f}" + (" (of this run)" if offset else ""))
             last = "-" if median[-1] != median[-1] else f"{median[-1]:.3f}"
-            for task, scores in row["tasks"].items():
-                acc = scores.get("accuracy")
-                lines.append(f"| {task} | {d.name} | {_label(row['variant'], row['ld_weight'])} | {row['seed']} | "
-                             f"{own:,} x {batch:,} | {cells[0]} | {cells[1]} | {last} | "
-                             f"{'-' if acc is None else f'{acc:.1f}'} |")
+            # the curve is the trial's: a model trained on several tasks has one text CE for them all, so one
+            # line, its tasks joined and their accuracies in the same order
+            tasks = list(row["tasks"])
+            accs = [row["tasks"][t].get("accuracy") for t in tasks]
+            lines.append(f"| {' + '.join(tasks)} | {d.name} | {_label(row['variant'], row['ld_weight'])} | {row['seed']} | "
+                         f"{own:,} x {batch:,} | {cells[0]} | {cells[1]} | {last} | "
+                         f"{' / '.join('-' if a is None else f'{a:.1f}' for a in accs)} |")
     if len(lines) == 2:
         raise ReportError(f"{' '.join(str(s) for s in sweep_dirs)}: no finished trial kept a training curve with a text "
                           f"cross-entropy at {patch_px}-pixel patches (runs/trial/curve.csv); rerun the sweep")

@@ -4,6 +4,7 @@ local Dask cluster, with a parent MLflow run and a child per trial."""
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from pathlib import Path
 
@@ -604,6 +605,15 @@ def test_transitions_find_where_each_trial_left_the_plateau_on_tokens_trained(ra
     real = tmp_path / "fl-real"
     trial(real, 1, 8192, 300, lambda s: 0.001, 99.0, tokens_per_s=5000.0)
     assert "| 300 x 8,192 | 200 / 0.3 / 1.1 | 200 / 0.3 / 1.1 |" in transitions([real])
+    # a model trained on two tasks has one curve for both: one line, its tasks joined, each task's accuracy
+    multi = tmp_path / "multitask"
+    trial(multi, 0, 8192, 300, lambda s: 0.001, 97.0)
+    row_file = next((multi / "trials").iterdir()) / "row.json"
+    row = json.loads(row_file.read_text())
+    row["tasks"]["maze"] = {"accuracy": 95.5}
+    row_file.write_text(json.dumps(row))
+    (line,) = [x for x in transitions([multi]).splitlines() if "multitask" in x]
+    assert line.startswith("| frozenlake + maze | multitask |") and line.endswith("| 0.001 | 97.0 / 95.5 |")
     with pytest.raises(ReportError, match="no finished trial kept a training curve"):
         transitions([big], patch_px=8)
     assert main(["report", str(big), str(small), "--transitions", "--plots", str(tmp_path / "plots")]) == 0
