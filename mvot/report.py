@@ -411,8 +411,9 @@ def transitions(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
     by then; step x ``train.batch_tokens`` where a curve lacks it) and the training minutes
     by then (the trial's train seconds pro rata), beside its median text cross-entropy over
     the last window and its accuracy. A trial trained on several tasks is one line: its
-    curve is the tasks' together (``task`` joins them, ``accuracy`` lists each task's). A batch holds up to ``batch_tokens`` with padding, so
-    small batches of long sequences hold fewer real tokens: compare runs on the real ones.
+    curve is the tasks' together (``task`` joins them, ``accuracy`` lists each task's). A
+    batch holds up to ``batch_tokens`` with padding, so small batches of long sequences
+    hold fewer real tokens: compare runs on the real ones.
     Steps of a trial trained on from another's model count from scratch (as in the curves
     figure); its tokens and minutes are its own part's. This compares recipes (batch size,
     learning rate) on what decides a run here: how soon it passes the transition."""
