@@ -53,17 +53,36 @@ class PipelineError(MvotError, RuntimeError):
     """A pipeline step failed; the message names the step and how to see more."""
 
 
-def _profile_overrides(profile: str) -> tuple[str, dict]:
+def _profile_overrides(profile: str, _chain: tuple[Path, ...] = ()) -> tuple[str, dict]:
+    """A profile's name and its overrides. ``extends: <profile>`` (a name in the same folder,
+    or a path relative to it) takes another profile's overrides first and merges this one's
+    over them, so two profiles share a recipe without repeating it."""
     path = Path(profile)
     if not path.suffix:
-        path = ROOT / "profiles" / f"{profile}.yaml"
+        path = (_chain[-1].parent if _chain else ROOT / "profiles") / f"{profile}.yaml"
+    elif _chain and not path.is_absolute():
+        path = _chain[-1].parent / path
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml")))
-        raise PipelineError(f"profile {profile!r} not found (looked for {path}); profiles: {known}")
+        where = f" (named by extends: in {_chain[-1]})" if _chain else ""
+        raise PipelineError(f"profile {profile!r} not found{where} (looked for {path}); profiles: {known}")
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p.name) for p in (*_chain, path.resolve()))
+        raise PipelineError(f"{path}: extends: makes a cycle ({cycle}); remove one of the extends: lines")
     try:
-        return path.stem, yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise PipelineError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path}: a profile is a mapping of params sections (train:, sweep:, ...), "
+                            f"not a {type(data).__name__}")
+    base = data.pop("extends", None)
+    if base is not None:
+        if not isinstance(base, str) or not base:
+            raise PipelineError(f"{path}: extends: {base!r}: expected one profile name, e.g. extends: multitask")
+        _, base_data = _profile_overrides(base, (*_chain, path.resolve()))
+        data = merge_overrides(base_data, data)
+    return path.stem, data
 
 
 def _set_overrides(items: list[str]) -> dict:

@@ -127,3 +127,38 @@ def test_committed_profiles_resolve_to_valid_params_and_trials(profile):
     raw, name = resolve_params(str(ROOT / "params.yaml"), str(ROOT / "profiles" / profile), [])
     grid, skipped = trials(parse_params(raw, profile))
     assert grid and all("L_D needs image targets" in s for s in skipped), skipped
+
+
+def test_a_profile_extends_another_and_its_own_values_win(tmp_path):
+    """``extends:`` merges the base profile first, section by section, then the profile's own
+    values; a missing base and a cycle are refused with the file that names them."""
+    from flows.pipeline import PipelineError, resolve_params
+
+    (tmp_path / "base.yaml").write_text("train: {steps: 900, lr: 0.001}\nsweep: {name: base, max_workers: 2}\n")
+    (tmp_path / "child.yaml").write_text("extends: base\ntrain: {steps: 300}\nsweep: {name: child}\n")
+    raw, name = resolve_params(str(ROOT / "params.yaml"), str(tmp_path / "child.yaml"), [])
+    assert name == "child"
+    assert (raw["train"]["steps"], raw["train"]["lr"]) == (300, 0.001)
+    assert (raw["sweep"]["name"], raw["sweep"]["max_workers"]) == ("child", 2)
+    assert "extends" not in raw
+
+    (tmp_path / "orphan.yaml").write_text("extends: nowhere\n")
+    with pytest.raises(PipelineError, match=r"'nowhere' not found \(named by extends: in .*orphan.yaml\)"):
+        resolve_params(str(ROOT / "params.yaml"), str(tmp_path / "orphan.yaml"), [])
+    (tmp_path / "a.yaml").write_text("extends: b\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(PipelineError, match=r"cycle \(a.yaml -> b.yaml -> a.yaml\)"):
+        resolve_params(str(ROOT / "params.yaml"), str(tmp_path / "a.yaml"), [])
+    (tmp_path / "list.yaml").write_text("- train\n")
+    with pytest.raises(PipelineError, match="a profile is a mapping"):
+        resolve_params(str(ROOT / "params.yaml"), str(tmp_path / "list.yaml"), [])
+
+
+def test_gpu_profile_trains_the_multitask_recipe():
+    """profiles/gpu.yaml takes its model and steps from profiles/multitask.yaml (one recipe, one place)."""
+    from flows.pipeline import resolve_params
+
+    gpu, _ = resolve_params(str(ROOT / "params.yaml"), "gpu", [])
+    multitask, _ = resolve_params(str(ROOT / "params.yaml"), "multitask", [])
+    assert gpu["train"] == multitask["train"] and gpu["train"]["steps"] == 36000
+    assert gpu["sweep"]["grid"]["ld_weight"] == [0.0, 1.0] and gpu["sweep"]["max_workers"] == 1
