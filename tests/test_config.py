@@ -134,12 +134,13 @@ def test_a_profile_extends_another_and_its_own_values_win(tmp_path):
     values; a missing base and a cycle are refused with the file that names them."""
     from flows.pipeline import PipelineError, resolve_params
 
-    (tmp_path / "base.yaml").write_text("train: {steps: 900, lr: 0.001}\nsweep: {name: base, max_workers: 2}\n")
-    (tmp_path / "child.yaml").write_text("extends: base\ntrain: {steps: 300}\nsweep: {name: child}\n")
+    (tmp_path / "base.yaml").write_text("train: {steps: 900, lr: 0.0007, model: {d_model: 96, n_layer: 3}}\nsweep: {name: base, max_workers: 3}\n")
+    (tmp_path / "child.yaml").write_text("extends: base\ntrain: {steps: 300, model: {n_layer: 2}}\nsweep: {name: child}\n")
     raw, name = resolve_params(str(ROOT / "params.yaml"), str(tmp_path / "child.yaml"), [])
     assert name == "child"
-    assert (raw["train"]["steps"], raw["train"]["lr"]) == (300, 0.001)
-    assert (raw["sweep"]["name"], raw["sweep"]["max_workers"]) == ("child", 2)
+    assert (raw["train"]["steps"], raw["train"]["lr"]) == (300, 0.0007)  # the base's lr is not params.yaml's
+    assert (raw["train"]["model"]["d_model"], raw["train"]["model"]["n_layer"]) == (96, 2)  # merged key by key
+    assert (raw["sweep"]["name"], raw["sweep"]["max_workers"]) == ("child", 3)
     assert "extends" not in raw
 
     (tmp_path / "orphan.yaml").write_text("extends: nowhere\n")
@@ -161,4 +162,5 @@ def test_gpu_profile_trains_the_multitask_recipe():
     gpu, _ = resolve_params(str(ROOT / "params.yaml"), "gpu", [])
     multitask, _ = resolve_params(str(ROOT / "params.yaml"), "multitask", [])
     assert gpu["train"] == multitask["train"] and gpu["train"]["steps"] == 36000
+    assert gpu["evaluate"] == {**multitask["evaluate"], "batch_size": 128} and gpu["evaluate"]["limit"] == 0
     assert gpu["sweep"]["grid"]["ld_weight"] == [0.0, 1.0] and gpu["sweep"]["max_workers"] == 1
