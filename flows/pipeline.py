@@ -55,11 +55,15 @@ class PipelineError(MvotError, RuntimeError):
 
 def _profile_overrides(profile: str, _chain: tuple[Path, ...] = ()) -> tuple[str, dict]:
     """A profile's name and its overrides. ``extends: <profile>`` (a name in the same folder,
-    or a path relative to it) takes another profile's overrides first and merges this one's
-    over them, so two profiles share a recipe without repeating it."""
+    else in ``profiles/``; or a path relative to the profile) takes another profile's
+    overrides first and merges this one's over them, so two profiles share a recipe
+    without repeating it."""
     path = Path(profile)
     if not path.suffix:
         path = (_chain[-1].parent if _chain else ROOT / "profiles") / f"{profile}.yaml"
+        committed = ROOT / "profiles" / f"{profile}.yaml"
+        if _chain and not path.is_file() and committed.is_file():  # a profile elsewhere extends a committed one
+            path = committed
     elif _chain and not path.is_absolute():
         path = _chain[-1].parent / path
     if not path.is_file():

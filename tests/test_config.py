@@ -143,6 +143,9 @@ def test_a_profile_extends_another_and_its_own_values_win(tmp_path):
     assert (raw["sweep"]["name"], raw["sweep"]["max_workers"]) == ("child", 3)
     assert "extends" not in raw
 
+    (tmp_path / "mine.yaml").write_text("extends: multitask\ntrain: {steps: 500}\n")  # a committed one, by name
+    raw, _ = resolve_params(str(ROOT / "params.yaml"), str(tmp_path / "mine.yaml"), [])
+    assert (raw["train"]["steps"], raw["train"]["batch_tokens"], raw["sweep"]["name"]) == (500, 2048, "multitask")
     (tmp_path / "orphan.yaml").write_text("extends: nowhere\n")
     with pytest.raises(PipelineError, match=r"'nowhere' not found \(named by extends: in .*orphan.yaml\)"):
         resolve_params(str(ROOT / "params.yaml"), str(tmp_path / "orphan.yaml"), [])
