@@ -59,19 +59,19 @@ def _profile_overrides(profile: str, _chain: tuple[Path, ...] = ()) -> tuple[str
     overrides first and merges this one's over them, so two profiles share a recipe
     without repeating it."""
     path = Path(profile)
-    if not path.suffix:
-        path = (_chain[-1].parent if _chain else ROOT / "profiles") / f"{profile}.yaml"
-        committed = ROOT / "profiles" / f"{profile}.yaml"
-        if _chain and not path.is_file() and committed.is_file():  # a profile elsewhere extends a committed one
-            path = committed
+    if not path.suffix:  # a name: the extending profile's folder first, then profiles/
+        folders = ([_chain[-1].parent] if _chain else []) + [ROOT / "profiles"]
+        found = [f / f"{profile}.yaml" for f in folders if (f / f"{profile}.yaml").is_file()]
+        path = found[0] if found else folders[0] / f"{profile}.yaml"
     elif _chain and not path.is_absolute():
         path = _chain[-1].parent / path
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml")))
         where = f" (named by extends: in {_chain[-1]})" if _chain else ""
         raise PipelineError(f"profile {profile!r} not found{where} (looked for {path}); profiles: {known}")
-    if path.resolve() in _chain:
-        cycle = " -> ".join(str(p.name) for p in (*_chain, path.resolve()))
+    resolved = path.resolve()
+    if resolved in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain, resolved))
         raise PipelineError(f"{path}: extends: makes a cycle ({cycle}); remove one of the extends: lines")
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -84,7 +84,7 @@ def _profile_overrides(profile: str, _chain: tuple[Path, ...] = ()) -> tuple[str
     if base is not None:
         if not isinstance(base, str) or not base:
             raise PipelineError(f"{path}: extends: {base!r}: expected one profile name, e.g. extends: multitask")
-        _, base_data = _profile_overrides(base, (*_chain, path.resolve()))
+        _, base_data = _profile_overrides(base, (*_chain, resolved))
         data = merge_overrides(base_data, data)
     return path.stem, data
 
