@@ -60,9 +60,8 @@ def _profile_overrides(profile: str, _chain: tuple[Path, ...] = ()) -> tuple[str
     without repeating it."""
     path = Path(profile)
     if not path.suffix:  # a name: the extending profile's folder first, then profiles/
-        folders = ([_chain[-1].parent] if _chain else []) + [ROOT / "profiles"]
-        found = [f / f"{profile}.yaml" for f in folders if (f / f"{profile}.yaml").is_file()]
-        path = found[0] if found else folders[0] / f"{profile}.yaml"
+        candidates = [f / f"{profile}.yaml" for f in ([_chain[-1].parent] if _chain else []) + [ROOT / "profiles"]]
+        path = next((c for c in candidates if c.is_file()), candidates[0])
     elif _chain and not path.is_absolute():
         path = _chain[-1].parent / path
     if not path.is_file():
