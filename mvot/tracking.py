@@ -91,6 +91,7 @@ class NullTracker:
     """Tracking switched off: every call does nothing."""
 
     run_id: str | None = None
+    continued: bool = False
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
 
@@ -109,11 +110,12 @@ class NullTracker:
 
 
 class MlflowTracker(NullTracker):
-    def __init__(self, run):
+    def __init__(self, run, continued: bool = False):
         import mlflow
 
         self._mlflow = mlflow
         self.run_id = run.info.run_id
+        self.continued = continued  # an existing run, continued: its params are logged already
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         flat = flatten(params)
@@ -185,7 +187,7 @@ def start_run(
     if parent_run_id and not run_id:
         kwargs["tags"] = {"mlflow.parentRunId": parent_run_id}  # works from any thread or process
     with mlflow.start_run(**kwargs) as run:
-        yield MlflowTracker(run)
+        yield MlflowTracker(run, continued=bool(run_id))
 
 
 

@@ -22,6 +22,64 @@ def test_train_task_logic(tiny_tokens, raw_params, tmp_path):
 
 
 @pytest.mark.slow
+def test_train_task_continues_a_cut_run_in_its_mlflow_run(tiny_tokens, raw_params, tmp_path, monkeypatch, capsys):
+    """The DVC stage's flow, run again after its run was cut off and its output folder
+    cleared (as `dvc repro` clears it), continues from the checkpoint: the same weights as an
+    uninterrupted run, the whole curve, one MLflow run with every step; the checkpoint goes
+    once the model is saved. A checkpoint of other params is not continued."""
+    import csv
+    import shutil
+
+    import mlflow
+    import torch
+    from safetensors.torch import load_file
+
+    from flows.train import train_one
+    from mvot.config import load_params
+    from mvot.runs import train_run
+    from mvot.tracking import start_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    _, tok_dir, tokens_dir = tiny_tokens
+    raw = tiny_tokenizer_raw(raw_params)
+    raw["train"] |= {"steps": 6, "checkpoint_every": 2, "log_every": 1}
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw))
+    args = (str(params_file), "mvot", str(tokens_dir), str(tok_dir))
+
+    whole = train_one.fn(*args, str(tmp_path / "whole"), False, str(tmp_path / "ck-whole"))
+    assert "resumed_from_step" not in whole and not (tmp_path / "ck-whole" / "mvot").exists()
+
+    ckpt = tmp_path / "ck" / "mvot"
+    with start_run("train", "mvot") as tracker:  # the first flow run, cut off after step 3
+        train_run(load_params(params_file), "mvot", tokens_dir, tok_dir, tmp_path / "runs", tracker, progress=False,
+                  checkpoint_dir=ckpt, keep_checkpoint=False, stop_after=3)
+        first_id = tracker.run_id
+    shutil.rmtree(tmp_path / "runs" / "mvot")
+    out = train_one.fn(*args, str(tmp_path / "runs"), True, str(tmp_path / "ck"))
+    assert out["resumed_from_step"] == 3 and out["step"] == 6 and out["mlflow_run_id"] == first_id
+    assert "train mvot: resuming from step 3 of 6" in capsys.readouterr().err
+    assert not ckpt.exists()
+    a = load_file(str(tmp_path / "whole" / "mvot" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "runs" / "mvot" / "model" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with (tmp_path / "runs" / "mvot" / "curve.csv").open() as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == [1, 2, 3, 4, 5, 6]
+    history = mlflow.MlflowClient().get_metric_history(first_id, "loss/total")
+    assert {m.step for m in history} == {1, 2, 3, 4, 5, 6}
+    assert mlflow.get_run(first_id).info.status == "FINISHED"
+
+    train_run(load_params(params_file), "mvot", tokens_dir, tok_dir, tmp_path / "runs", checkpoint_dir=ckpt,
+              progress=False, stop_after=2)  # cut off again, then the params change
+    raw["train"]["lr"] = raw["train"]["lr"] / 2
+    params_file.write_text(yaml.safe_dump(raw))
+    fresh = train_one.fn(*args, str(tmp_path / "runs"), False, str(tmp_path / "ck"))
+    assert "resumed_from_step" not in fresh and fresh["step"] == 6 and not ckpt.exists()
+    assert "train mvot: not resuming (the checkpoint in" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_train_flow_runs_every_run(prefect_harness, tiny_tokens, raw_params, tmp_path):
     from prefect.client.orchestration import get_client
 

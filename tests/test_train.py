@@ -4,7 +4,15 @@ import torch
 from safetensors.torch import load_file
 
 from mvot.config import parse_params
-from mvot.train import TrainError, epoch_pool, load_token_data, make_batches, padding_share, train
+from mvot.train import (
+    TrainError,
+    epoch_pool,
+    load_token_data,
+    make_batches,
+    padding_share,
+    train,
+    training_fingerprint,
+)
 from tests.conftest import tiny_tokenizer_raw
 
 
@@ -184,11 +192,49 @@ def test_oversample_repeats_the_named_outcomes(tiny_tokens, tiny_generated, raw_
     assert more["batches_per_epoch"] > plain["batches_per_epoch"] and (tmp_path / "more" / "model").is_dir()
 
 
+def test_resume_only_from_a_checkpoint_of_the_same_training(tiny_tokens, raw_params, tmp_path):
+    """A checkpoint carries the fingerprint of what the run's steps depend on: other params,
+    token arrays or tokenizer change it, and an explicit resume from it is refused, naming why;
+    a checkpoint written before fingerprints existed is taken as it is."""
+    import json
+    import shutil
+
+    _, tok_dir, tokens_dir = tiny_tokens
+    p = _params(raw_params, tasks=["maze"], steps=5, lr=0.003)
+    fp = training_fingerprint(p, "run", tokens_dir, tok_dir)
+    assert fp == training_fingerprint(p, "run", tokens_dir, tok_dir)
+    assert fp != training_fingerprint(_params(raw_params, tasks=["maze"], steps=5, lr=0.002), "run", tokens_dir, tok_dir)
+    assert fp != training_fingerprint(p, "other", tokens_dir, tok_dir)
+    other_tokens, other_tok = tmp_path / "tokens", tmp_path / "tok"
+    shutil.copytree(tokens_dir / "maze", other_tokens / "maze")
+    shutil.copytree(tok_dir, other_tok)
+    assert fp == training_fingerprint(p, "run", other_tokens, other_tok)  # contents, not paths
+    f = other_tokens / "maze" / "train" / "ids.txt"
+    f.write_text(f.read_text() + "\n")
+    assert fp != training_fingerprint(p, "run", other_tokens, tok_dir)
+    (other_tok / "vocab.json").write_text((other_tok / "vocab.json").read_text() + " ")
+    assert fp != training_fingerprint(p, "run", tokens_dir, other_tok)
+
+    train(p, "run", tokens_dir, tok_dir, tmp_path / "cut", stop_after=2, progress=False)
+    state_file = tmp_path / "cut" / "checkpoint" / "state.json"
+    assert json.loads(state_file.read_text())["fingerprint"] == fp
+    changed = _params(raw_params, tasks=["maze"], steps=5, lr=0.002)
+    with pytest.raises(TrainError, match=r"cannot resume: the checkpoint in .* \(step 2\) is of another training"):
+        train(changed, "run", tokens_dir, tok_dir, tmp_path / "cut", resume=True, progress=False)
+    legacy = json.loads(state_file.read_text())
+    del legacy["fingerprint"]
+    state_file.write_text(json.dumps(legacy))
+    assert train(p, "run", tokens_dir, tok_dir, tmp_path / "cut", resume=True, progress=False)["resumed_from_step"] == 2
+
+
 def test_bad_resume_and_limits(tiny_tokens, raw_params, tmp_path):
     _, tok_dir, tokens_dir = tiny_tokens
     p = _params(raw_params, tasks=["maze"], steps=2)
-    with pytest.raises(TrainError, match="incomplete checkpoint"):
+    with pytest.raises(TrainError, match="no checkpoint to resume from"):
         train(p, "run", tokens_dir, tok_dir, tmp_path / "none", resume=True, progress=False)
+    (tmp_path / "half" / "checkpoint").mkdir(parents=True)
+    with pytest.raises(TrainError, match="incomplete checkpoint"):
+        train(p, "run", tokens_dir, tok_dir, tmp_path / "half", resume=True, progress=False)
     with pytest.raises(TrainError, match="unknown run 'nope'; params.yaml train.runs has: run"):
         train(p, "nope", tokens_dir, tok_dir, tmp_path / "none", progress=False)
     small = _params(raw_params, tasks=["minibehavior"], steps=2, batch_tokens=256)
