@@ -174,7 +174,8 @@ def start_run(
     mlflow.set_tracking_uri(uri)
     if run_id:
         try:
-            mlflow.get_run(run_id)
+            if mlflow.get_run(run_id).info.lifecycle_stage == "deleted":
+                run_id = None  # deleted in the UI since: start a new one
         except mlflow.exceptions.MlflowException:
             run_id = None  # the run is not in this store (another machine's): start a new one
     if run_id:

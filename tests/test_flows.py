@@ -105,3 +105,21 @@ def test_train_flow_rejects_unknown_runs(prefect_harness, raw_params, tmp_path):
 
     with pytest.raises(ValueError, match="unknown run 'nope'"):
         train_flow(_params_file(tmp_path, raw_params), ["nope"], track=False)
+
+
+def test_start_run_continues_a_run_unless_gone(tmp_path):
+    """What a resumed training relies on: an existing MLflow run is continued (and says so);
+    one deleted since, or from another store, gives way to a new run."""
+    from mlflow.tracking import MlflowClient
+
+    from mvot.tracking import start_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with start_run("train", "r", root=tmp_path, uri=uri) as first:
+        assert not first.continued
+    with start_run("train", "r", root=tmp_path, uri=uri, run_id=first.run_id) as again:
+        assert again.continued and again.run_id == first.run_id
+    MlflowClient(uri).delete_run(first.run_id)
+    for gone in (first.run_id, "0" * 32):
+        with start_run("train", "r", root=tmp_path, uri=uri, run_id=gone) as new:
+            assert not new.continued and new.run_id not in (first.run_id, gone)
