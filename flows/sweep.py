@@ -41,6 +41,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.pipeline import PYTHON, ROOT, PipelineError, markdown_table, resolve_params
+from mvot.checkpoint import CKPT, read_state, recover, remove, resumable, training_fingerprint
 from mvot.config import TASKS, parse_params
 from mvot.errors import MvotError
 from mvot.sweep import (
@@ -190,7 +191,16 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
         rescore = same_training and done.is_file() and (d / "runs" / "trial" / "model").is_dir()
         before = json.loads(done.read_text()) if rescore else {}
         # a trial cut off mid-training (its machine stopped) with the same params goes on from its last checkpoint
-        resume = same_training and not rescore and (d / "runs" / "trial" / "checkpoint" / "state.json").is_file()
+        ckpt = d / "runs" / "trial" / CKPT
+        recover(ckpt)
+        resume = same_training and not rescore and (ckpt / "state.json").is_file()
+        if resume and "fingerprint" in read_state(ckpt):  # one without (written before there were) is taken as it is
+            state, why = resumable(ckpt, training_fingerprint(parse_params(trial, "trial"), "trial", tokens, tokenizer))
+            if state is None:  # the token arrays, tokenizer or training code changed since: start the trial afresh
+                with (d / "log.txt").open("a") as fh:
+                    fh.write(f"not resuming ({why}); starting afresh\n")
+                remove(ckpt)
+                resume = False
         # a rescore keeps the finished trial's files until it succeeds; a new trial starts clean
         params_file = d / ("params.rescore.yaml" if rescore else "params.yaml")
         if not rescore:

@@ -5,12 +5,12 @@
 The DVC stage `train` calls it once per run; a deployment can call it for all runs.
 Runs go one after another: each one already uses every core (or its GPU).
 
-A run cut off (Ctrl-C, a lost machine, a preempted job) continues from its last
-checkpoint when the flow (or `dvc repro`) runs again, exactly, in the same MLflow run,
-as long as nothing it depends on changed (params, token arrays, tokenizer, training
-code: the checkpoint's fingerprint); otherwise it starts afresh. Checkpoints live in
-`models/checkpoints/<run>/`, outside the DVC output, and go once the run's model is saved.
-`--no-resume` starts afresh regardless.
+A run cut off (Ctrl-C, a killed job, a machine whose disk survives) continues from its
+last checkpoint when the flow (or `dvc repro`) runs again, in the same MLflow run, as long
+as nothing it depends on changed (the checkpoint's fingerprint: params, token arrays,
+tokenizer, backbone, training code); otherwise it starts afresh and says what changed.
+Checkpoints live in `models/checkpoints/<run>/`, outside the DVC output, and go once the
+run's model is saved. `--no-resume` starts afresh regardless.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
+from mvot.checkpoint import remove
 from mvot.config import load_params
 from mvot.errors import MvotError
 from mvot.runs import resume_plan, train_run
@@ -43,8 +44,9 @@ def train_one(params_path: str, run: str, tokens: str, tokenizer: str, out: str,
         state, why = None, "--no-resume"
     if state is not None:
         print(f"train {run}: resuming from step {state['step']} of {params.train.steps} ({ckpt})", file=sys.stderr)
-    elif ckpt.exists():
+    elif ckpt.exists():  # not continued: gone before the first new checkpoint, so a cut-off now cannot resume it
         print(f"train {run}: not resuming ({why}); starting afresh", file=sys.stderr)
+        remove(ckpt)
     run_id = (state or {}).get("mlflow_run_id") if track else None
     with start_run("train", run, run_id=run_id) if track else nullcontext(NullTracker()) as tracker:
         summary = train_run(params, run, tokens, tokenizer, out, tracker, progress=False, resume=state is not None,

@@ -9,16 +9,18 @@ model directory (safetensors weights, config, both tokenizers) as the artifact `
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
+from mvot.checkpoint import CKPT, remove, resumable, training_fingerprint
 from mvot.config import Params
 from mvot.tracking import NullTracker, TrackingError, dvc_out_hashes
-from mvot.train import CKPT, resumable, train, training_fingerprint
+from mvot.train import train
 
 
 def resume_plan(params: Params, run: str, tokens_dir: str | Path, tokenizer_dir: str | Path,
-                checkpoint_dir: str | Path) -> tuple[dict | None, str, str]:
+                checkpoint_dir: str | Path) -> tuple[dict | None, dict[str, str], str]:
     """Whether run ``run`` may continue from the checkpoint in ``checkpoint_dir``:
     ``(state or None, the run's fingerprint, why not)``. The state holds the step and, for a
     tracked run, the MLflow run to continue (``mlflow_run_id``)."""
@@ -40,20 +42,19 @@ def train_run(
     raw_dir: str | Path = "data/raw",
     checkpoint_dir: str | Path | None = None,
     keep_checkpoint: bool = True,
-    fingerprint: str | None = None,
+    fingerprint: dict[str, str] | None = None,
     stop_after: int | None = None,
 ) -> dict:
     """Train ``run`` into ``out_root/run`` (model, ``curve.csv``, ``tracking.json``), logging to
     ``tracker``. Checkpoints go to ``checkpoint_dir`` (default: ``out_root/run/checkpoint``)
     with the curve so far and the tracking run's id, so a resumed run (``resume``) whose
     output folder was cleared (as ``dvc repro`` clears a stage's outputs) gets its whole
-    curve back and, continued in the same MLflow run, does not log its params again. Without
-    ``keep_checkpoint`` the checkpoint is deleted once the final model is saved."""
+    curve back. Without ``keep_checkpoint`` the checkpoint is deleted once the final model
+    is saved."""
     tracker = tracker or NullTracker()
     cfg = params.train
     spec = cfg.runs.get(run)
-    if not getattr(tracker, "continued", False):  # a continued run has them (and may not change them)
-        tracker.log_params(params.model_dump(mode="json"))
+    tracker.log_params(params.model_dump(mode="json"))
     if spec is not None:
         versions = dvc_out_hashes([f"{Path(tokens_dir).as_posix()}/{t}" for t in cfg.tasks])
         tracker.set_tags(
@@ -64,7 +65,8 @@ def train_run(
     out = Path(out_root) / run
     curve = out / "curve.csv"  # the training curve, for `dvc plots` (one row per logged step)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else out / CKPT
-    if resume and not curve.is_file() and (ckpt / "curve.csv").is_file():
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only the first process writes the curve
+    if resume and rank0 and not curve.is_file() and (ckpt / "curve.csv").is_file():
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ckpt / "curve.csv", curve)  # rows past the checkpoint's step are dropped as they come again
     stale = not resume  # a fresh run replaces the old curve at its first logged step, not before: a run that
@@ -90,8 +92,8 @@ def train_run(
         model_uri = tracker.log_model(out / "model")
         if tracker.run_id:  # lets evaluation log into the same run, and promotion find the model
             (out / "tracking.json").write_text(json.dumps({"run_id": tracker.run_id, "model_uri": model_uri}, indent=2) + "\n")
-        if not keep_checkpoint:
-            shutil.rmtree(ckpt, ignore_errors=True)
+        if not keep_checkpoint and summary["step"] >= cfg.steps:
+            remove(ckpt)
     return summary
 
 

@@ -118,8 +118,16 @@ class MlflowTracker(NullTracker):
         self.continued = continued  # an existing run, continued: its params are logged already
 
     def log_params(self, params: Mapping[str, Any]) -> None:
+        """The params, flattened. A continued run logs only the keys it lacks (MLflow keeps a
+        param's first value); values that differ go to ``params_changed_on_resume.json``."""
         flat = flatten(params)
         items = [(mlflow_key(k), v) for k, v in flat.items()]
+        if self.continued:
+            had = self._mlflow.get_run(self.run_id).data.params
+            changed = {k: {"logged": had[k], "now": str(v)} for k, v in items if k in had and had[k] != str(v)}
+            if changed:
+                self._mlflow.log_dict(changed, "params_changed_on_resume.json")
+            items = [(k, v) for k, v in items if k not in had]
         for i in range(0, len(items), 100):  # one batched call per 100 params
             self._mlflow.log_params(dict(items[i : i + 100]))
 

@@ -14,17 +14,15 @@ Batches are length-bucketed (sequences of similar length together, at most
 ``(seed, epoch)``; the image-augmentation draw of a batch comes from
 ``(seed, epoch, batch)``. Nothing else is random, so a run is deterministic on CPU and a
 resumed run continues exactly: its final weights equal an uninterrupted run's. Every
-checkpoint carries the run's fingerprint (:func:`training_fingerprint`: params, token
-arrays, tokenizer, training code), so a run continues only from a checkpoint of the same
-training.
+checkpoint carries the run's fingerprint (:func:`mvot.checkpoint.training_fingerprint`:
+params, token arrays, tokenizer, backbone, training code), so a run continues only from a
+checkpoint of the same training.
 
 The loop knows nothing about tracking: it calls ``log(metrics, step)``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import json
 import math
 import shutil
@@ -39,6 +37,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from mvot import vq
+from mvot.checkpoint import (
+    AFRESH,
+    CKPT,
+    install,
+    read_state,
+    recover,
+    resumable,
+    training_fingerprint,
+)
 from mvot.config import Params
 from mvot.errors import MvotError
 from mvot.losses import token_discrepancy_loss
@@ -267,51 +274,23 @@ def compute_losses(logits, batch, variant: str, ld_weight: float, distance, voca
 # --------------------------------------------------------------------------------------
 # Checkpoints
 
-CKPT = "checkpoint"
-# the modules that compute a training step: the train stage's code deps in dvc.yaml
-TRAINING_SOURCES = ("mvot.train", "mvot.model", "mvot.losses", "mvot.steps")
-
-
-def training_fingerprint(params: Params, run: str, tokens_dir: str | Path, tokenizer_dir: str | Path) -> str:
-    """What a run's steps depend on, hashed: the run's name, the seed and the whole ``train``
-    section; every file of the train split's token arrays of each training task, of the
-    tokenizer and of a pretrained backbone; and the source of the modules that compute a step.
-    Two runs with one fingerprint take the same steps, so one may continue from the other's
-    checkpoint; anything else that changed (params, data, code) starts the run afresh."""
-    h = hashlib.sha256(json.dumps({"run": run, "seed": params.seed, "train": params.train.model_dump(mode="json")},
-                                  sort_keys=True).encode())
-    roots = [(f"tokens/{t}/train", Path(tokens_dir) / t / "train") for t in params.train.tasks]
-    roots.append(("tokenizer", Path(tokenizer_dir)))
-    if params.train.model.pretrained:
-        roots.append(("pretrained", Path(params.train.model.pretrained)))
-    for label, root in roots:
-        if not root.is_dir():
-            raise TrainError(f"{root}: missing (run `dvc repro tokenize`, or check the path)")
-        for f in sorted(p for p in root.rglob("*") if p.is_file()):
-            with f.open("rb") as fh:
-                h.update(f"{label}/{f.relative_to(root).as_posix()}\0".encode() + hashlib.file_digest(fh, "sha256").digest())
-    for name in TRAINING_SOURCES:
-        h.update(Path(importlib.import_module(name).__file__).read_bytes())
-    return h.hexdigest()
-
-
 def save_checkpoint(directory: Path, model, optimizer, scheduler, step: int, seconds: float = 0.0,
                     meta: dict | None = None, files: dict[str, Path] | None = None) -> None:
     """Weights, optimizer and schedule at ``step``, the training seconds spent to get there
-    (over every resumption) and ``meta`` (the fingerprint, a tracking run id) in
-    ``state.json``, and copies of ``files`` (name -> path, e.g. the curve so far), written to a
-    temporary directory and swapped in whole."""
+    (over every resumption) and ``meta`` (tokens so far, the fingerprint, a tracking run id)
+    in ``state.json``, and copies of ``files`` (name -> path, e.g. the curve so far), written
+    to a temporary folder and swapped in whole (:func:`mvot.checkpoint.install`)."""
     tmp = directory.with_name(directory.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    if tmp.exists():  # left by a save that was cut off
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
     for name, path in (files or {}).items():
         if Path(path).is_file():
             shutil.copy2(path, tmp / name)
     (tmp / "state.json").write_text(json.dumps({"step": step, "seconds": round(seconds, 1)} | (meta or {})) + "\n")
-    if directory.exists():
-        shutil.rmtree(directory)
-    tmp.rename(directory)
+    install(tmp, directory)
 
 
 def load_checkpoint(directory: Path, model, optimizer, scheduler) -> tuple[int, float]:
@@ -324,35 +303,10 @@ def load_checkpoint(directory: Path, model, optimizer, scheduler) -> tuple[int, 
         optimizer.load_state_dict(opt["optimizer"])
         scheduler.load_state_dict(opt["scheduler"])
     except FileNotFoundError as exc:
-        raise TrainError(f"{directory}: incomplete checkpoint ({exc.filename} missing); start without --resume") from None
+        raise TrainError(f"{directory}: incomplete checkpoint ({exc.filename} missing); {AFRESH}") from None
     except Exception as exc:  # safetensors / torch raise many kinds on a damaged file
-        raise TrainError(f"{directory}: unreadable checkpoint ({type(exc).__name__}: {exc}); start without --resume") from None
+        raise TrainError(f"{directory}: unreadable checkpoint ({type(exc).__name__}: {exc}); {AFRESH}") from None
     return int(state["step"]), float(state.get("seconds") or 0.0)
-
-
-def _read_state(directory: Path) -> dict:
-    try:
-        state = json.loads((directory / "state.json").read_text())
-    except (ValueError, UnicodeDecodeError, OSError):
-        return {}
-    return state if isinstance(state, dict) else {}
-
-
-def resumable(directory: str | Path, fingerprint: str) -> tuple[dict | None, str]:
-    """``(state, "")`` when a run with ``fingerprint`` may continue from the checkpoint in
-    ``directory`` (its ``state.json``), else ``(None, why not)``."""
-    f = Path(directory) / "state.json"
-    if not f.is_file():
-        return None, f"no checkpoint in {directory}"
-    try:
-        state = json.loads(f.read_text())
-        step = int(state["step"])
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-        return None, f"{f}: unreadable ({type(exc).__name__}: {exc})"
-    if state.get("fingerprint") != fingerprint:
-        return None, (f"the checkpoint in {directory} (step {step}) is of another training: the params, token arrays, "
-                      f"tokenizer or training code changed since it was written")
-    return state, ""
 
 
 # --------------------------------------------------------------------------------------
@@ -468,7 +422,7 @@ def train(
     checkpoint_dir: str | Path | None = None,
     checkpoint_meta: dict | None = None,
     checkpoint_files: dict[str, Path] | None = None,
-    fingerprint: str | None = None,
+    fingerprint: dict[str, str] | None = None,
 ) -> dict:
     """Train run ``run`` of ``params.train.runs``; the final model goes to ``out_dir``, the
     checkpoints to ``checkpoint_dir`` (default ``out_dir/checkpoint``).
@@ -477,7 +431,7 @@ def train(
     interruption would; ``resume`` continues from the checkpoint, which must be of this
     training (its fingerprint; one written before checkpoints had fingerprints is taken as
     it is). Each checkpoint holds ``checkpoint_meta`` in its state and copies of
-    ``checkpoint_files``. ``fingerprint`` (:func:`training_fingerprint`) is computed when
+    ``checkpoint_files``. ``fingerprint`` (:func:`mvot.checkpoint.training_fingerprint`) is computed when
     not given. ``raw_dir`` (the generated data) is read only for ``train.oversample``'s
     outcome labels."""
     cfg = params.train
@@ -519,16 +473,18 @@ def train(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / CKPT
+    recover(ckpt)
     if resume and not ckpt.exists():
         raise TrainError(f"{ckpt}: no checkpoint to resume from")
     fingerprint = fingerprint or training_fingerprint(params, run, tokens_dir, tokenizer_dir)
-    meta = (checkpoint_meta or {}) | {"fingerprint": fingerprint}
     # a checkpoint of another training is refused; a damaged one is named by load_checkpoint, and one
     # without a fingerprint (written before there were) is taken as it is
-    if resume and _read_state(ckpt).get("fingerprint", fingerprint) != fingerprint:
-        raise TrainError(f"cannot resume: {resumable(ckpt, fingerprint)[1]}; start without --resume (or delete {ckpt})")
+    if resume and read_state(ckpt).get("fingerprint", fingerprint) != fingerprint:
+        raise TrainError(f"cannot resume: {resumable(ckpt, fingerprint)[1]}; {AFRESH}, or delete {ckpt}")
     step, prior_seconds = load_checkpoint(ckpt, core, opt, sched) if resume else (0, 0.0)
+    prior_tokens = int(read_state(ckpt).get("tokens") or 0) if resume else 0
     start_step = step
+    state_meta = (checkpoint_meta or {}) | {"fingerprint": fingerprint}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
     # L_D through the head alone: its logits are recomputed from the detached hidden states
     head_input = HeadInput(core) if cfg.ld.through == "head" and spec.ld_weight > 0 else None
@@ -600,7 +556,8 @@ def train(
                             refresh=False)  # drawn by update(), at most every mininterval
             bar.update(1)
         if (step % cfg.checkpoint_every == 0 or step == end) and rank == 0:
-            save_checkpoint(ckpt, core, opt, sched, step, prior_seconds + time.perf_counter() - t0, meta, checkpoint_files)
+            save_checkpoint(ckpt, core, opt, sched, step, prior_seconds + time.perf_counter() - t0,
+                            state_meta | {"tokens": prior_tokens + tokens_seen}, checkpoint_files)
     if bar:
         bar.close()
     if head_input is not None:
@@ -615,8 +572,9 @@ def train(
         import torch.distributed as dist
 
         dist.barrier()
-    # seconds: the whole training, over every resumption; resumed_from_step: where this process began
-    return summary | {"step": step, "seconds": round(prior_seconds + time.perf_counter() - t0, 1), "tokens": tokens_seen} | (
+    # seconds and tokens: the whole training, over every resumption; resumed_from_step: where this process began
+    return summary | {"step": step, "seconds": round(prior_seconds + time.perf_counter() - t0, 1),
+                      "tokens": prior_tokens + tokens_seen} | (
         {"resumed_from_step": start_step} if resume else {})
 
 

@@ -23,11 +23,14 @@ def test_train_task_logic(tiny_tokens, raw_params, tmp_path):
 
 @pytest.mark.slow
 def test_train_task_continues_a_cut_run_in_its_mlflow_run(tiny_tokens, raw_params, tmp_path, monkeypatch, capsys):
-    """The DVC stage's flow, run again after its run was cut off and its output folder
-    cleared (as `dvc repro` clears it), continues from the checkpoint: the same weights as an
-    uninterrupted run, the whole curve, one MLflow run with every step; the checkpoint goes
-    once the model is saved. A checkpoint of other params is not continued."""
+    """The DVC stage's flow, run again after its run was killed between two checkpoints and
+    its output folder cleared (as `dvc repro` clears it), continues from the last checkpoint:
+    the same weights as an uninterrupted run, the whole curve, one MLflow run (the steps
+    between the checkpoint and the kill logged twice there), a params change outside the
+    training recorded; the checkpoint goes once the model is saved. A checkpoint of other
+    params, or with --no-resume, is not continued."""
     import csv
+    import json
     import shutil
 
     import mlflow
@@ -52,14 +55,27 @@ def test_train_task_continues_a_cut_run_in_its_mlflow_run(tiny_tokens, raw_param
     assert "resumed_from_step" not in whole and not (tmp_path / "ck-whole" / "mvot").exists()
 
     ckpt = tmp_path / "ck" / "mvot"
-    with start_run("train", "mvot") as tracker:  # the first flow run, cut off after step 3
-        train_run(load_params(params_file), "mvot", tokens_dir, tok_dir, tmp_path / "runs", tracker, progress=False,
-                  checkpoint_dir=ckpt, keep_checkpoint=False, stop_after=3)
+    with pytest.raises(KeyboardInterrupt), start_run("train", "mvot") as tracker:  # the first flow run
+        logged = tracker.log_metrics
+
+        def killed_at_4(metrics, step=None):
+            if step == 4:
+                raise KeyboardInterrupt  # after step 3 was logged, with the last checkpoint at step 2
+            logged(metrics, step)
+
+        tracker.log_metrics = killed_at_4
         first_id = tracker.run_id
+        train_run(load_params(params_file), "mvot", tokens_dir, tok_dir, tmp_path / "runs", tracker, progress=False,
+                  checkpoint_dir=ckpt, keep_checkpoint=False)
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 2
     shutil.rmtree(tmp_path / "runs" / "mvot")
+    limit = raw["evaluate"]["limit"]
+    raw["evaluate"]["limit"] = limit + 3  # not part of the training: the run continues, and records the change
+    params_file.write_text(yaml.safe_dump(raw))
     out = train_one.fn(*args, str(tmp_path / "runs"), True, str(tmp_path / "ck"))
-    assert out["resumed_from_step"] == 3 and out["step"] == 6 and out["mlflow_run_id"] == first_id
-    assert "train mvot: resuming from step 3 of 6" in capsys.readouterr().err
+    assert out["resumed_from_step"] == 2 and out["step"] == 6 and out["mlflow_run_id"] == first_id
+    assert out["tokens"] == whole["tokens"]  # counted over both processes
+    assert "train mvot: resuming from step 2 of 6" in capsys.readouterr().err
     assert not ckpt.exists()
     a = load_file(str(tmp_path / "whole" / "mvot" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "runs" / "mvot" / "model" / "model.safetensors"))
@@ -67,8 +83,11 @@ def test_train_task_continues_a_cut_run_in_its_mlflow_run(tiny_tokens, raw_param
     with (tmp_path / "runs" / "mvot" / "curve.csv").open() as fh:
         assert [int(r["step"]) for r in csv.DictReader(fh)] == [1, 2, 3, 4, 5, 6]
     history = mlflow.MlflowClient().get_metric_history(first_id, "loss/total")
-    assert {m.step for m in history} == {1, 2, 3, 4, 5, 6}
-    assert mlflow.get_run(first_id).info.status == "FINISHED"
+    assert sorted(m.step for m in history) == [1, 2, 3, 3, 4, 5, 6]
+    run = mlflow.get_run(first_id)
+    assert run.info.status == "FINISHED" and run.data.params["evaluate.limit"] == str(limit)
+    changed = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/params_changed_on_resume.json")
+    assert changed == {"evaluate.limit": {"logged": str(limit), "now": str(limit + 3)}}
 
     train_run(load_params(params_file), "mvot", tokens_dir, tok_dir, tmp_path / "runs", checkpoint_dir=ckpt,
               progress=False, stop_after=2)  # cut off again, then the params change
@@ -77,6 +96,10 @@ def test_train_task_continues_a_cut_run_in_its_mlflow_run(tiny_tokens, raw_param
     fresh = train_one.fn(*args, str(tmp_path / "runs"), False, str(tmp_path / "ck"))
     assert "resumed_from_step" not in fresh and fresh["step"] == 6 and not ckpt.exists()
     assert "train mvot: not resuming (the checkpoint in" in capsys.readouterr().err
+    train_run(load_params(params_file), "mvot", tokens_dir, tok_dir, tmp_path / "runs", checkpoint_dir=ckpt,
+              progress=False, stop_after=2)
+    again = train_one.fn(*args, str(tmp_path / "runs"), False, str(tmp_path / "ck"), False)
+    assert "resumed_from_step" not in again and "not resuming (--no-resume)" in capsys.readouterr().err
 
 
 @pytest.mark.slow

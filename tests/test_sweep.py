@@ -216,6 +216,17 @@ def test_sweep_flow_parent_and_child_runs(prefect_harness, sweep_root):
     assert row["train_seconds"] >= state["seconds"] and (cut / "runs" / "trial" / "model").is_dir()
     assert (cut / "log.txt").read_text().count(" --resume") == 1
 
+    # ... but not from a checkpoint of another training (here: other training code): that trial starts afresh
+    (cut / "row.json").unlink()
+    shutil.rmtree(cut / "runs" / "trial" / "model")
+    state = json.loads((cut / "runs" / "trial" / "checkpoint" / "state.json").read_text())
+    state["fingerprint"]["code"] = "0" * 64
+    (cut / "runs" / "trial" / "checkpoint" / "state.json").write_text(json.dumps(state))
+    (row,) = run_sweep(str(sweep_root / "params.yaml"), ["sweep.grid.ld_weight=[1.0]", "sweep.grid.seed=[2]"], track=False)["rows"]
+    assert row["status"] == "ok" and "resumed_from_step" not in row, row.get("error")
+    log = (cut / "log.txt").read_text()
+    assert "is of another training: its code changed since); starting afresh" in log and log.count(" --resume") == 1
+
 
 @pytest.mark.slow
 def test_sweep_on_a_local_dask_cluster(prefect_harness, sweep_root):

@@ -193,9 +193,10 @@ def test_oversample_repeats_the_named_outcomes(tiny_tokens, tiny_generated, raw_
 
 
 def test_resume_only_from_a_checkpoint_of_the_same_training(tiny_tokens, raw_params, tmp_path):
-    """A checkpoint carries the fingerprint of what the run's steps depend on: other params,
-    token arrays or tokenizer change it, and an explicit resume from it is refused, naming why;
-    a checkpoint written before fingerprints existed is taken as it is."""
+    """A checkpoint carries the fingerprint of what the run's steps depend on, in parts: other
+    params, token arrays or tokenizer change it (settings that do not change the steps do not),
+    and an explicit resume from it is refused, naming what changed; a checkpoint written before
+    fingerprints existed is taken as it is."""
     import json
     import shutil
 
@@ -203,28 +204,80 @@ def test_resume_only_from_a_checkpoint_of_the_same_training(tiny_tokens, raw_par
     p = _params(raw_params, tasks=["maze"], steps=5, lr=0.003)
     fp = training_fingerprint(p, "run", tokens_dir, tok_dir)
     assert fp == training_fingerprint(p, "run", tokens_dir, tok_dir)
-    assert fp != training_fingerprint(_params(raw_params, tasks=["maze"], steps=5, lr=0.002), "run", tokens_dir, tok_dir)
-    assert fp != training_fingerprint(p, "other", tokens_dir, tok_dir)
+    assert fp == training_fingerprint(_params(raw_params, tasks=["maze"], steps=5, lr=0.003, checkpoint_every=7, log_every=3),
+                                      "run", tokens_dir, tok_dir)
+
+    def changed(other):
+        return [k for k in fp if other[k] != fp[k]]
+
+    assert changed(training_fingerprint(_params(raw_params, tasks=["maze"], steps=5, lr=0.002), "run", tokens_dir, tok_dir)) == ["params"]
+    assert changed(training_fingerprint(_params(raw_params, tasks=["maze", "frozenlake"], steps=5, lr=0.003), "run", tokens_dir,
+                                        tok_dir)) == ["params", "tokens"]
     other_tokens, other_tok = tmp_path / "tokens", tmp_path / "tok"
     shutil.copytree(tokens_dir / "maze", other_tokens / "maze")
     shutil.copytree(tok_dir, other_tok)
     assert fp == training_fingerprint(p, "run", other_tokens, other_tok)  # contents, not paths
-    f = other_tokens / "maze" / "train" / "ids.txt"
-    f.write_text(f.read_text() + "\n")
-    assert fp != training_fingerprint(p, "run", other_tokens, tok_dir)
+    f = other_tokens / "maze" / "train" / "cot" / "offsets.npy"  # another variant's arrays: not what this run reads
+    f.write_bytes(f.read_bytes() + b"\0")
+    assert fp == training_fingerprint(p, "run", other_tokens, tok_dir)
+    f = other_tokens / "maze" / "train" / "mvot" / "tokens.npy"
+    f.write_bytes(f.read_bytes()[:-1] + bytes([f.read_bytes()[-1] ^ 1]))
+    assert changed(training_fingerprint(p, "run", other_tokens, tok_dir)) == ["tokens"]
     (other_tok / "vocab.json").write_text((other_tok / "vocab.json").read_text() + " ")
-    assert fp != training_fingerprint(p, "run", tokens_dir, other_tok)
+    assert changed(training_fingerprint(p, "run", tokens_dir, other_tok)) == ["tokenizer"]
 
     train(p, "run", tokens_dir, tok_dir, tmp_path / "cut", stop_after=2, progress=False)
     state_file = tmp_path / "cut" / "checkpoint" / "state.json"
     assert json.loads(state_file.read_text())["fingerprint"] == fp
-    changed = _params(raw_params, tasks=["maze"], steps=5, lr=0.002)
-    with pytest.raises(TrainError, match=r"cannot resume: the checkpoint in .* \(step 2\) is of another training"):
-        train(changed, "run", tokens_dir, tok_dir, tmp_path / "cut", resume=True, progress=False)
+    with pytest.raises(TrainError, match=r"cannot resume: the checkpoint in .* \(step 2\) is of another training: its "
+                                         r"tokenizer changed since; start afresh .*--no-resume"):
+        train(p, "run", tokens_dir, other_tok, tmp_path / "cut", resume=True, progress=False)
     legacy = json.loads(state_file.read_text())
     del legacy["fingerprint"]
     state_file.write_text(json.dumps(legacy))
     assert train(p, "run", tokens_dir, tok_dir, tmp_path / "cut", resume=True, progress=False)["resumed_from_step"] == 2
+
+
+def test_checkpoint_swaps_survive_a_kill_at_any_point(tmp_path):
+    """A checkpoint is replaced by two renames and deleted by a rename first: a kill between
+    them leaves the newer whole checkpoint to recover, a half-written one is never taken."""
+    import json
+    import shutil
+
+    from mvot.checkpoint import install, recover, remove, resumable
+
+    fp = {"params": "p"}
+
+    def write(d, step, whole=True):
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"w")
+        (d / "optimizer.pt").write_bytes(b"o")
+        if whole:
+            (d / "state.json").write_text(json.dumps({"step": step, "fingerprint": fp}))
+
+    ck = tmp_path / "checkpoint"
+    tmp, old = tmp_path / "checkpoint.tmp", tmp_path / "checkpoint.old"
+    write(ck, 2)
+    write(tmp, 4)
+    install(tmp, ck)
+    assert resumable(ck, fp)[0]["step"] == 4 and not tmp.exists() and not old.exists()
+    write(tmp, 6)
+    ck.rename(old)  # killed between the two renames of the next install
+    assert resumable(ck, fp)[0]["step"] == 6  # the new one, recovered
+    shutil.rmtree(ck)
+    shutil.rmtree(old)
+    write(old, 6)
+    write(tmp, 8, whole=False)  # killed while writing the next one, after the old was moved aside
+    recover(ck)
+    assert resumable(ck, fp)[0]["step"] == 6
+    (ck / "optimizer.pt").unlink()
+    assert resumable(ck, fp) == (None, f"the checkpoint in {ck} is incomplete (optimizer.pt missing)")
+    assert resumable(ck, {"params": "q"})[0] is None
+    write(tmp_path / "c2", 2)
+    assert "its params changed since" in resumable(tmp_path / "c2", {"params": "q"})[1]
+    remove(ck)
+    assert not any(p.name.startswith("checkpoint") for p in tmp_path.iterdir())
+    assert resumable(ck, fp) == (None, f"no checkpoint in {ck}")
 
 
 def test_bad_resume_and_limits(tiny_tokens, raw_params, tmp_path):
