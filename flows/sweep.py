@@ -41,7 +41,15 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.pipeline import PYTHON, ROOT, PipelineError, markdown_table, resolve_params
-from mvot.checkpoint import CKPT, read_state, recover, remove, resumable, training_fingerprint
+from mvot.checkpoint import (
+    CKPT,
+    complete,
+    read_state,
+    recover,
+    remove,
+    resumable,
+    training_fingerprint,
+)
 from mvot.config import TASKS, parse_params
 from mvot.errors import MvotError
 from mvot.sweep import (
@@ -193,14 +201,15 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
         # a trial cut off mid-training (its machine stopped) with the same params goes on from its last checkpoint
         ckpt = d / "runs" / "trial" / CKPT
         recover(ckpt)
-        resume = same_training and not rescore and (ckpt / "state.json").is_file()
-        if resume and "fingerprint" in read_state(ckpt):  # one without (written before there were) is taken as it is
+        resume = same_training and not rescore and ckpt.exists()
+        if resume:  # only from a whole checkpoint of this training (one without a fingerprint, from before there were, as it is)
             state, why = resumable(ckpt, training_fingerprint(parse_params(trial, "trial"), "trial", tokens, tokenizer))
-            if state is None:  # the token arrays, tokenizer or training code changed since: start the trial afresh
+            if state is None and not (complete(ckpt) and "step" in read_state(ckpt) and "fingerprint" not in read_state(ckpt)):
                 with (d / "log.txt").open("a") as fh:
                     fh.write(f"not resuming ({why}); starting afresh\n")
-                remove(ckpt)
                 resume = False
+        if not resume and not rescore:  # a new training: no checkpoint of another one may be taken up later
+            remove(ckpt)
         # a rescore keeps the finished trial's files until it succeeds; a new trial starts clean
         params_file = d / ("params.rescore.yaml" if rescore else "params.yaml")
         if not rescore:

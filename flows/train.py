@@ -44,9 +44,10 @@ def train_one(params_path: str, run: str, tokens: str, tokenizer: str, out: str,
         state, why = None, "--no-resume"
     if state is not None:
         print(f"train {run}: resuming from step {state['step']} of {params.train.steps} ({ckpt})", file=sys.stderr)
-    elif ckpt.exists():  # not continued: gone before the first new checkpoint, so a cut-off now cannot resume it
+    elif ckpt.exists():  # left as it is (the first new checkpoint replaces it), unless it would match
         print(f"train {run}: not resuming ({why}); starting afresh", file=sys.stderr)
-        remove(ckpt)
+        if not resume:
+            remove(ckpt)
     run_id = (state or {}).get("mlflow_run_id") if track else None
     with start_run("train", run, run_id=run_id) if track else nullcontext(NullTracker()) as tracker:
         summary = train_run(params, run, tokens, tokenizer, out, tracker, progress=False, resume=state is not None,

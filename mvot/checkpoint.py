@@ -28,18 +28,18 @@ PARTS = ("params", "tokens", "tokenizer", "backbone", "code")
 # the modules that compute a training step: the train stage's code deps in dvc.yaml
 TRAINING_SOURCES = ("mvot.train", "mvot.model", "mvot.losses", "mvot.steps")
 REQUIRED = ("model.safetensors", "optimizer.pt", "state.json")
-WHOLE = 64 << 20  # files up to this size are hashed whole; larger ones (a backbone's weights) by size and both ends
+WHOLE = 64 << 20  # a backbone's files up to this size are hashed whole, larger ones (its weights) by size and both ends
 EDGE = 8 << 20
 # how to start a run afresh, for error messages
 AFRESH = "start afresh (`mvot train` without --resume; `python -m flows.train --no-resume`)"
 
 
-def _hash_tree(h, root: Path, files: list[Path]) -> None:
+def _hash_tree(h, root: Path, files: list[Path], whole: bool = True) -> None:
     for f in files:
         size = f.stat().st_size
         h.update(f"{f.relative_to(root).as_posix()}\0{size}\0".encode())
         with f.open("rb") as fh:
-            if size <= WHOLE:
+            if whole or size <= WHOLE:
                 h.update(hashlib.file_digest(fh, "sha256").digest())
             else:
                 h.update(fh.read(EDGE))
@@ -73,7 +73,7 @@ def training_fingerprint(params: Params, run: str, tokens_dir: str | Path, token
     _hash_tree(h, Path(tokenizer_dir), _files(Path(tokenizer_dir), "**/*"))
     parts["backbone"] = h = hashlib.sha256()
     if cfg.model.pretrained:
-        _hash_tree(h, Path(cfg.model.pretrained), _files(Path(cfg.model.pretrained), "**/*"))
+        _hash_tree(h, Path(cfg.model.pretrained), _files(Path(cfg.model.pretrained), "**/*"), whole=False)
     parts["code"] = h = hashlib.sha256()
     for name in TRAINING_SOURCES:
         h.update(Path(importlib.util.find_spec(name).origin).read_bytes())
@@ -99,10 +99,14 @@ def complete(directory: str | Path) -> bool:
 
 def recover(directory: str | Path) -> None:
     """After a kill between the two renames of :func:`install` there is no checkpoint folder
-    but a whole new (``.tmp``) or old (``.old``) one: put it in place, the newer first."""
+    but a whole new (``.tmp``) or old (``.old``) one: put it in place, the newer first. (A
+    half-deleted folder beside a whole ``.tmp``, as a kill mid-swap left before swaps were
+    renames, gives way to the ``.tmp``.)"""
     d = Path(directory)
     if d.exists():
-        return
+        if complete(d) or not (complete(_side(d, ".tmp")) and read_state(_side(d, ".tmp"))):
+            return
+        shutil.rmtree(d)
     for side in (_side(d, ".tmp"), _side(d, ".old")):
         if complete(side) and read_state(side):
             side.rename(d)
@@ -125,7 +129,8 @@ def remove(directory: str | Path) -> None:
     """Delete a checkpoint (and any half-written or old one beside it): each is renamed
     first, so a kill while deleting leaves nothing that looks resumable."""
     d = Path(directory)
-    for side in (d, _side(d, ".tmp"), _side(d, ".old"), _side(d, ".gone")):
+    # the folder itself last: while it is there, recover() puts nothing back
+    for side in (_side(d, ".gone"), _side(d, ".tmp"), _side(d, ".old"), d):
         if side.exists():
             gone = _side(d, ".gone")
             if side != gone:

@@ -473,7 +473,12 @@ def train(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / CKPT
-    recover(ckpt)
+    if rank == 0:
+        recover(ckpt)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
     if resume and not ckpt.exists():
         raise TrainError(f"{ckpt}: no checkpoint to resume from")
     fingerprint = fingerprint or training_fingerprint(params, run, tokens_dir, tokenizer_dir)

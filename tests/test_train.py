@@ -275,6 +275,12 @@ def test_checkpoint_swaps_survive_a_kill_at_any_point(tmp_path):
     assert resumable(ck, {"params": "q"})[0] is None
     write(tmp_path / "c2", 2)
     assert "its params changed since" in resumable(tmp_path / "c2", {"params": "q"})[1]
+    shutil.rmtree(tmp)  # the half-written one
+    write(tmp, 10)
+    (ck / "model.safetensors").unlink()  # half deleted in place beside a whole new one (as swaps once were)
+    assert resumable(ck, fp)[0]["step"] == 10
+    write(tmp, 12)
+    write(old, 8)
     remove(ck)
     assert not any(p.name.startswith("checkpoint") for p in tmp_path.iterdir())
     assert resumable(ck, fp) == (None, f"no checkpoint in {ck}")
