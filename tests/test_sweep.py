@@ -227,6 +227,16 @@ def test_sweep_flow_parent_and_child_runs(prefect_harness, sweep_root):
     log = (cut / "log.txt").read_text()
     assert "is of another training: its code changed since); starting afresh" in log and log.count(" --resume") == 1
 
+    # a checkpoint written before checkpoints had fingerprints (and curves) is continued as it is
+    (cut / "row.json").unlink()
+    shutil.rmtree(cut / "runs" / "trial" / "model")
+    state = json.loads((cut / "runs" / "trial" / "checkpoint" / "state.json").read_text())
+    del state["fingerprint"], state["tokens"]
+    (cut / "runs" / "trial" / "checkpoint" / "state.json").write_text(json.dumps(state))
+    (cut / "runs" / "trial" / "checkpoint" / "curve.csv").unlink()
+    (row,) = run_sweep(str(sweep_root / "params.yaml"), ["sweep.grid.ld_weight=[1.0]", "sweep.grid.seed=[2]"], track=False)["rows"]
+    assert row["status"] == "ok" and row["resumed_from_step"] == state["step"], row.get("error")
+
 
 @pytest.mark.slow
 def test_sweep_on_a_local_dask_cluster(prefect_harness, sweep_root):
