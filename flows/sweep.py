@@ -43,8 +43,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.pipeline import PYTHON, ROOT, PipelineError, markdown_table, resolve_params
 from mvot.checkpoint import (
     CKPT,
-    complete,
-    read_state,
     recover,
     remove,
     resumable,
@@ -203,8 +201,8 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
         recover(ckpt)
         resume = same_training and not rescore and ckpt.exists()
         if resume:  # only from a whole checkpoint of this training (one without a fingerprint, from before there were, as it is)
-            state, why = resumable(ckpt, training_fingerprint(parse_params(trial, "trial"), "trial", tokens, tokenizer))
-            if state is None and not (complete(ckpt) and "step" in read_state(ckpt) and "fingerprint" not in read_state(ckpt)):
+            state, why = resumable(ckpt, training_fingerprint(parse_params(trial, "trial"), "trial", tokens, tokenizer), legacy=True)
+            if state is None:
                 with (d / "log.txt").open("a") as fh:
                     fh.write(f"not resuming ({why}); starting afresh\n")
                 resume = False

@@ -140,9 +140,10 @@ def remove(directory: str | Path) -> None:
             shutil.rmtree(gone)
 
 
-def resumable(directory: str | Path, fingerprint: dict[str, str]) -> tuple[dict | None, str]:
+def resumable(directory: str | Path, fingerprint: dict[str, str], legacy: bool = False) -> tuple[dict | None, str]:
     """``(state, "")`` when a run with ``fingerprint`` may continue from the checkpoint in
-    ``directory``, else ``(None, why not)``, naming what changed."""
+    ``directory`` (with ``legacy``, also a whole one written before checkpoints had
+    fingerprints), else ``(None, why not)``, naming what changed."""
     d = Path(directory)
     recover(d)
     if not d.exists():
@@ -156,7 +157,7 @@ def resumable(directory: str | Path, fingerprint: dict[str, str]) -> tuple[dict 
     except (KeyError, TypeError, ValueError):
         return None, f"the checkpoint in {d} has an unreadable state.json"
     was = state.get("fingerprint")
-    if was != fingerprint:
+    if was != fingerprint and not (legacy and was is None):
         if not isinstance(was, dict):
             return None, f"the checkpoint in {d} (step {step}) has no fingerprint to check it against"
         changed = [p for p in PARTS if was.get(p) != fingerprint.get(p)]
