@@ -109,6 +109,9 @@ class NullTracker:
         return None
 
 
+CHANGED_ON_RESUME = "params_changed_on_resume.json"
+
+
 class MlflowTracker(NullTracker):
     def __init__(self, run, continued: bool = False):
         import mlflow
@@ -119,17 +122,23 @@ class MlflowTracker(NullTracker):
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """The params, flattened. A continued run logs only the keys it lacks (MLflow keeps a
-        param's first value); values that differ go to ``params_changed_on_resume.json``."""
+        param's first value); values that differ go to ``params_changed_on_resume.json``, which
+        each resume rewrites (``{}`` once a later resume has the logged values again)."""
         flat = flatten(params)
         items = [(mlflow_key(k), v) for k, v in flat.items()]
         if self.continued:
             had = self._mlflow.get_run(self.run_id).data.params
             changed = {k: {"logged": had[k], "now": str(v)} for k, v in items if k in had and had[k] != str(v)}
-            if changed:
-                self._mlflow.log_dict(changed, "params_changed_on_resume.json")
+            if changed or CHANGED_ON_RESUME in self._artifact_names():
+                self._mlflow.log_dict(changed, CHANGED_ON_RESUME)
             items = [(k, v) for k, v in items if k not in had]
         for i in range(0, len(items), 100):  # one batched call per 100 params
             self._mlflow.log_params(dict(items[i : i + 100]))
+
+    def _artifact_names(self) -> set[str]:
+        from mlflow.tracking import MlflowClient
+
+        return {a.path for a in MlflowClient().list_artifacts(self.run_id)}
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)

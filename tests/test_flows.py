@@ -142,6 +142,24 @@ def test_start_run_continues_a_run_unless_gone(tmp_path):
         assert not first.continued
     with start_run("train", "r", root=tmp_path, uri=uri, run_id=first.run_id) as again:
         assert again.continued and again.run_id == first.run_id
+
+    import mlflow
+
+    def changed_on_resume(params):  # a resume logs only new keys; differing values go to the artifact
+        with start_run("train", "r", root=tmp_path, uri=uri, run_id=first.run_id) as t:
+            t.log_params(params)
+        names = {a.path for a in MlflowClient(uri).list_artifacts(first.run_id)}
+        if "params_changed_on_resume.json" in names:
+            uri_of = MlflowClient(uri).get_run(first.run_id).info.artifact_uri
+            return mlflow.artifacts.load_dict(f"{uri_of}/params_changed_on_resume.json")
+        return None
+
+    with start_run("train", "r", root=tmp_path, uri=uri, run_id=first.run_id) as t:
+        t.log_params({"evaluate": {"limit": 100}})
+    assert changed_on_resume({"evaluate": {"limit": 100}}) is None  # nothing differs: no artifact
+    assert changed_on_resume({"evaluate": {"limit": 7}, "new": 1}) == {"evaluate.limit": {"logged": "100", "now": "7"}}
+    assert MlflowClient(uri).get_run(first.run_id).data.params == {"evaluate.limit": "100", "new": "1"}
+    assert changed_on_resume({"evaluate": {"limit": 100}}) == {}  # reverted: the record says so
     MlflowClient(uri).delete_run(first.run_id)
     for gone in (first.run_id, "0" * 32):
         with start_run("train", "r", root=tmp_path, uri=uri, run_id=gone) as new:
