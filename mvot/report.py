@@ -298,16 +298,17 @@ def ld_pairs(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
 
 
 def by_size_tables(sweep_dirs: list[str | Path], out_dir: str | Path, patch_px: int = 16) -> list[Path]:
-    """Accuracy by grid size per task, one column per row of the paper (mean over seeds;
-    ``label [sweep]`` where a second sweep ran the same row), from the sweeps' trials, as
-    ``table_by_size_<task>.csv`` and one figure, ``table_by_size.png``; returns the files
-    written."""
+    """Accuracy by grid size per task, one column per row of the paper (mean over seeds), from
+    the sweeps' trials, as ``table_by_size_<task>.csv`` and one figure, ``table_by_size.png``;
+    returns the files written. Where several sweeps ran the same row, the last one named (a
+    continuation is named after what it continues) has the plain label and the others
+    ``label [sweep]``, so the plain columns, which ``dvc.yaml``'s plots name, are each row's final
+    recipe whatever sweeps a report joins."""
     from mvot.sweep import aggregate_by_size, plot_by_size
 
-    columns: dict[str, dict[str, dict[int, float]]] = {}
-    points = []  # for the figure: one line per column
     sweeps = _sweeps(sweep_dirs)
     specs = _row_specs(sweeps)
+    found = []  # (sweep, task, label, rows), in the sweeps' order
     for d, trials in sweeps:
         rows = [r for r in aggregate_by_size(trials) if int(r["patch_px"]) == patch_px]
         for task in TASKS:
@@ -315,10 +316,14 @@ def by_size_tables(sweep_dirs: list[str | Path], out_dir: str | Path, patch_px: 
             for variant, ld, label, _ in specs:
                 sel = [r for r in mine if r["variant"] == variant and float(r["ld_weight"]) == ld]
                 if sel:
-                    cols = columns.setdefault(task, {})
-                    name = label if label not in cols else f"{label} [{d.name}]"
-                    cols[name] = {int(r["size"]): r["accuracy"] for r in sel}
-                    points += [r | {"label": name} for r in sel]
+                    found.append((d, task, label, sel))
+    last = {(task, label): d for d, task, label, _ in found}
+    columns: dict[str, dict[str, dict[int, float]]] = {}
+    points = []  # for the figure: one line per column
+    for d, task, label, sel in found:
+        name = label if last[(task, label)] == d else f"{label} [{d.name}]"
+        columns.setdefault(task, {})[name] = {int(r["size"]): r["accuracy"] for r in sel}
+        points += [r | {"label": name} for r in sel]
     written = []
     for task, cols in columns.items():
         path = Path(out_dir) / f"table_by_size_{task}.csv"

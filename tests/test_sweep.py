@@ -396,7 +396,9 @@ def test_report_tabulates_the_paper_rows_with_seed_spread(raw_params, tmp_path):
     assert "table-maze-from-cot: 1.47M parameters" in md and "initialised from /ckpt/cot" in md
     assert md.count("| maze | Direct |") == 1 and md.index("table-maze |") < md.index("table-maze-from-cot |")
     csv_file, _ = by_size_tables([d, e], tmp_path / "plots")
-    assert csv_file.read_text().splitlines()[0] == "size,CoT,MVoT (L_D 1.0),MVoT (L_D 1.0) [table-maze-from-cot]"
+    # the last sweep of a row (a continuation, named after what it continues) has the plain label dvc.yaml's plots name
+    assert csv_file.read_text().splitlines()[0] == "size,CoT,MVoT (L_D 1.0) [table-maze],MVoT (L_D 1.0)"
+    assert csv_file.read_text().splitlines()[1] == "3,47.0,95.0,82.0"
 
     # seeds run as separate sweeps share one line when joined with '+'; a trial in both is refused
     f = tmp_path / "table-maze-cot-s2"
