@@ -300,28 +300,28 @@ def ld_pairs(sweep_dirs: list[str | Path], patch_px: int = 16) -> str:
 def by_size_tables(sweep_dirs: list[str | Path], out_dir: str | Path, patch_px: int = 16) -> list[Path]:
     """Accuracy by grid size per task, one column per row of the paper (mean over seeds), from
     the sweeps' trials, as ``table_by_size_<task>.csv`` and one figure, ``table_by_size.png``;
-    returns the files written. Where several sweeps ran the same row, the last one named (a
-    continuation is named after what it continues) has the plain label and the others
-    ``label [sweep]``, so the plain columns, which ``dvc.yaml``'s plots name, are each row's final
-    recipe whatever sweeps a report joins."""
+    returns the files written. Where several sweeps ran the same row, the last one named has the
+    plain label and the others ``label [sweep]``: with the sweeps named in the order they ran (a
+    continuation after what it continues, as ``make table`` does), the plain columns, which
+    ``dvc.yaml``'s plots name, are each row's final recipe."""
     from mvot.sweep import aggregate_by_size, plot_by_size
 
     sweeps = _sweeps(sweep_dirs)
     specs = _row_specs(sweeps)
-    found = []  # (sweep, task, label, rows), in the sweeps' order
-    for d, trials in sweeps:
+    found = []  # (position, sweep, task, label, rows), in the sweeps' order
+    for i, (d, trials) in enumerate(sweeps):
         rows = [r for r in aggregate_by_size(trials) if int(r["patch_px"]) == patch_px]
         for task in TASKS:
             mine = [r for r in rows if r["task"] == task]
             for variant, ld, label, _ in specs:
                 sel = [r for r in mine if r["variant"] == variant and float(r["ld_weight"]) == ld]
                 if sel:
-                    found.append((d, task, label, sel))
-    last = {(task, label): d for d, task, label, _ in found}
+                    found.append((i, d, task, label, sel))
+    last = {(task, label): i for i, _, task, label, _ in found}  # by position: one sweep may be named twice
     columns: dict[str, dict[str, dict[int, float]]] = {}
     points = []  # for the figure: one line per column
-    for d, task, label, sel in found:
-        name = label if last[(task, label)] == d else f"{label} [{d.name}]"
+    for i, d, task, label, sel in found:
+        name = label if last[(task, label)] == i else f"{label} [{d.name}]"
         columns.setdefault(task, {})[name] = {int(r["size"]): r["accuracy"] for r in sel}
         points += [r | {"label": name} for r in sel]
     written = []

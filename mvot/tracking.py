@@ -138,7 +138,10 @@ class MlflowTracker(NullTracker):
     def _artifact_names(self) -> set[str]:
         from mlflow.tracking import MlflowClient
 
-        return {a.path for a in MlflowClient().list_artifacts(self.run_id)}
+        try:
+            return {a.path for a in MlflowClient().list_artifacts(self.run_id)}
+        except Exception:  # an artifact store out of reach: a resume goes on; only a stale record could stay
+            return set()
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
