@@ -3,6 +3,7 @@
     python -m flows.pipeline                     # default profile, in this repository
     python -m flows.pipeline --profile smoke     # profiles/smoke.yaml, in work/smoke/
     python -m flows.pipeline --set train.steps=400 --no-promote
+    python -m flows.pipeline --profile multitask --print-params > mt.yaml   # the merged params; nothing runs
 
 DVC owns the data and artifact caching: the flow runs `dvc repro` (data, tokenizers,
 training of every run, evaluation, combination; each stage skipped when its inputs did
@@ -243,9 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", help="workspace of a profile (default: work/<profile>)")
     ap.add_argument("--no-promote", action="store_true")
     ap.add_argument("--force", action="store_true", help="rerun every stage (dvc repro --force)")
+    ap.add_argument("--print-params", action="store_true",
+                    help="print the merged, validated params (YAML) and exit; nothing runs (e.g. for `mvot --params`)")
     args = ap.parse_args(argv)
     try:  # the cheap checks before Prefect starts; the flow repeats them (deployments call it directly)
-        resolve_params(args.params, args.profile, args.sets)
+        raw, _ = resolve_params(args.params, args.profile, args.sets)
+        if args.print_params:
+            sys.stdout.write(yaml.safe_dump(raw, sort_keys=False))
+            return 0
         check_reachable(default_uri(str(Path(args.params).resolve().parent)))
         r = pipeline_flow(args.params, args.profile, args.sets, args.workdir, not args.no_promote, args.force)
     except MvotError as exc:

@@ -34,11 +34,17 @@ scores and weighted sum (QK^T and AV, 2 x 2 x d x t forward, x3 with backward), 
 the full ``t`` context as PaLM does (no discount for the causal mask). Padding, L_D,
 the softmax/cross-entropy and the optimizer are not counted. MFU = achieved FLOP/s / the
 measured peak.
+
+``mvot bench threads`` (:func:`bench_threads`) times our loop alone at several torch
+thread counts (default 1 and every core), interleaved the same way, and reports each
+count's tokens/s, its speed-up over the first count and the parallel efficiency, with the
+largest loss difference between counts (same batches, same init).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -300,6 +306,80 @@ def bench_train(params: Params, tokens_dir, tokenizer_dir, run: str = "mvot", st
         "trainer": side(best_hf, hf),
         "ratio_vs_trainer": best_hf / best_ours,
     }
+
+
+def bench_threads(params: Params, tokens_dir, tokenizer_dir, run: str = "mvot", steps: int = 20, warmup: int = 3,
+                  rounds: int = 2, threads: list[int] | None = None) -> dict:
+    """Tokens/s of our loop at each torch thread count (default: 1 and every core), the
+    counts interleaved ``rounds`` times on a fresh model each, best round of each count;
+    the speed-up against the first count and the losses' largest difference between counts
+    (the same batches and init: a thread count should not change what a run learns)."""
+    threads = list(threads or sorted({1, os.cpu_count() or 1}))
+    if warmup < 1 or steps < 1 or rounds < 1:
+        raise ValueError("warmup, steps and rounds must be at least 1")
+    if not threads or min(threads) < 1 or len(set(threads)) != len(threads):
+        raise ValueError(f"threads must be distinct counts of at least 1, got {threads}")
+    s = _Setup(params, run, tokens_dir, tokenizer_dir, warmup + steps)
+    before = torch.get_num_threads()
+    runs: dict[int, list[dict]] = {t: [] for t in threads}
+    try:
+        for _ in range(rounds):
+            for t in threads:
+                torch.set_num_threads(t)
+                runs[t].append(run_ours(s, warmup, steps) | {"threads_seen": torch.get_num_threads()})
+    finally:
+        torch.set_num_threads(before)
+    tokens = sum(s.tokens[warmup:])
+    base_t = threads[0]
+    base = min(r["seconds"] for r in runs[base_t])
+    rows = []
+    for t in threads:
+        best = min(r["seconds"] for r in runs[t])
+        rows.append({
+            "threads": t,
+            "threads_seen": sorted({r["threads_seen"] for r in runs[t]}),
+            "tokens_per_s": tokens / best,
+            "steps_per_s": steps / best,
+            "seconds_best": best,
+            "seconds_all": [round(r["seconds"], 3) for r in runs[t]],
+            "speedup": base / best,
+            "efficiency": base / best / (t / base_t),  # 1.0 = the speed-up grows as the thread count does
+            "losses": runs[t][0]["losses"],
+        })
+    ref = rows[0]["losses"]
+    diff = max(abs(a - b) for row in rows for a, b in zip(row["losses"], ref, strict=True))
+    m = params.train.model
+    return {
+        "run": run,
+        "variant": s.spec.variant,
+        "model": {"d_model": m.d_model, "n_layer": m.n_layer, "n_head": m.n_head, "d_ff": m.d_ff, "vocab": s.vocab.size},
+        "cpu_count": os.cpu_count(),
+        "warmup_steps": warmup,
+        "timed_steps": steps,
+        "rounds": rounds,
+        "timed_tokens": tokens,
+        "mean_tokens_per_step": tokens / steps,
+        "by_threads": rows,
+        "loss_max_abs_diff": diff,
+    }
+
+
+def format_threads_table(r: dict) -> str:
+    """The figures of :func:`bench_threads` as a small text table."""
+    lines = [
+        f"run {r['run']} (variant {r['variant']}), model {r['model']}, {r['cpu_count']} CPUs",
+        f"{r['timed_steps']} timed steps after {r['warmup_steps']} warm-up steps, {r['timed_tokens']:,} real tokens "
+        f"({r['mean_tokens_per_step']:.0f} a step); {r['rounds']} interleaved rounds, best of each thread count",
+        "",
+        f"{'threads':>7} {'tokens/s':>10} {'steps/s':>8} {'speed-up':>9} {'efficiency':>10} {'best s':>8}  all rounds s",
+    ]
+    for x in r["by_threads"]:
+        lines.append(f"{x['threads']:>7} {x['tokens_per_s']:>10,.0f} {x['steps_per_s']:>8.2f} {x['speedup']:>8.2f}x "
+                     f"{x['efficiency']:>10.0%} {x['seconds_best']:>8.2f}  {x['seconds_all']}")
+    lines.append("")
+    lines.append(f"losses, largest difference between thread counts over {r['warmup_steps'] + r['timed_steps']} steps: "
+                 f"{r['loss_max_abs_diff']:.2e}")
+    return "\n".join(lines)
 
 
 def format_table(r: dict) -> str:

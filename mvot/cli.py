@@ -376,6 +376,16 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _thread_counts(value: str) -> list[int]:
+    try:
+        counts = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"expected distinct thread counts of at least 1, e.g. 1,2; got {value!r}")
+    return counts
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from mvot.bench import bench_generate, bench_parse
 
@@ -388,6 +398,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
                          args.n_batched, args.batch_size)
         print(json.dumps(r, indent=2))
         print(decode_table(r))
+        return 0
+    if args.what == "threads":
+        from mvot.bench_train import bench_threads, format_threads_table
+
+        r = bench_threads(params, args.tokens, args.tokenizer, run=args.run, steps=args.steps, warmup=args.warmup,
+                          rounds=args.rounds, threads=args.threads)
+        print(json.dumps(r | {"by_threads": [{k: v for k, v in x.items() if k != "losses"} for x in r["by_threads"]]},
+                         indent=2))
+        print(format_threads_table(r))
         return 0
     if args.what == "train":
         from mvot.bench_train import bench_train, format_table
@@ -557,17 +576,20 @@ def build_parser() -> argparse.ArgumentParser:
     cb.set_defaults(fn=cmd_codebook)
 
     b = sub.add_parser("bench", help="benchmarks that print figures")
-    b.add_argument("what", choices=["generate", "parse", "train", "decode"],
+    b.add_argument("what", choices=["generate", "parse", "train", "threads", "decode"],
                    help="generation speed, parse accuracy under perturbations, training throughput (MFU, vs Trainer), "
-                        "or decoding throughput (single vs batched vs HF generate)")
+                        "training throughput by torch thread count, or decoding throughput (single vs batched vs HF generate)")
     b.add_argument("--n", type=int, default=300, help="instances per task")
     b.add_argument("--task", action="append", choices=TASKS)
-    b.add_argument("--run", default="mvot", help="train: the run of train.runs to measure (default: mvot)")
-    b.add_argument("--steps", type=int, default=20, help="train: timed steps per round (default: 20)")
-    b.add_argument("--warmup", type=int, default=3, help="train: untimed steps before them (default: 3)")
-    b.add_argument("--rounds", type=int, default=2, help="train: interleaved rounds of ours and Trainer, best kept (default: 2)")
-    b.add_argument("--tokens", default="data/tokens", help="train: token arrays (default: data/tokens)")
-    b.add_argument("--tokenizer", default="models/tokenizer", help="train: tokenizer directory (default: models/tokenizer)")
+    b.add_argument("--run", default="mvot", help="train, threads: the run of train.runs to measure (default: mvot)")
+    b.add_argument("--steps", type=int, default=20, help="train, threads: timed steps per round (default: 20)")
+    b.add_argument("--warmup", type=int, default=3, help="train, threads: untimed steps before them (default: 3)")
+    b.add_argument("--rounds", type=int, default=2,
+                   help="train, threads: interleaved rounds (ours and Trainer; or the thread counts), best kept (default: 2)")
+    b.add_argument("--threads", type=_thread_counts, help="threads: torch thread counts to compare, e.g. 1,2 "
+                   "(default: 1 and every core)")
+    b.add_argument("--tokens", default="data/tokens", help="train, threads: token arrays (default: data/tokens)")
+    b.add_argument("--tokenizer", default="models/tokenizer", help="train, threads: tokenizer directory (default: models/tokenizer)")
     b.add_argument("--runs", default="models/runs", help="decode: trained runs (default: models/runs)")
     b.add_argument("--n-single", type=int, default=8, help="decode: prompts decoded one at a time, and by HF generate (default: 8)")
     b.add_argument("--n-batched", type=int, default=64, help="decode: prompts decoded in batches (default: 64)")

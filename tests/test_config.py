@@ -167,3 +167,27 @@ def test_gpu_profile_trains_the_multitask_recipe():
     assert gpu["train"] == multitask["train"] and gpu["train"]["steps"] == 36000
     assert gpu["evaluate"] == {**multitask["evaluate"], "batch_size": 128} and gpu["evaluate"]["limit"] == 0
     assert gpu["sweep"]["grid"]["ld_weight"] == [0.0, 1.0] and gpu["sweep"]["max_workers"] == 1
+
+
+def test_pipeline_prints_a_profiles_merged_params_and_runs_nothing(tmp_path, monkeypatch, capsys):
+    """``--print-params``: the profile and --set values merged and validated, as YAML that
+    ``mvot --params`` reads; no workspace, no tracking check; a bad value still fails first."""
+    import yaml
+
+    from flows import pipeline
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # unreachable: --print-params never asks
+    work = tmp_path / "w"
+    assert pipeline.main(["--profile", "multitask", "--set", "train.steps=400", "--workdir", str(work),
+                          "--print-params"]) == 0
+    raw = yaml.safe_load(capsys.readouterr().out)
+    params = parse_params(raw)
+    assert (params.train.steps, params.train.model.d_model, params.train.batch_tokens) == (400, 128, 2048)
+    assert not work.exists()
+    p = tmp_path / "mt.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    assert main(["--params", str(p), "params"]) == 0 and '"steps": 400' in capsys.readouterr().out
+
+    assert pipeline.main(["--profile", "multitask", "--set", "train.steps=-1", "--print-params"]) == 1
+    captured = capsys.readouterr()
+    assert "train.steps" in captured.err and captured.out == ""
