@@ -36,7 +36,7 @@ the softmax/cross-entropy and the optimizer are not counted. MFU = achieved FLOP
 measured peak.
 
 ``mvot bench threads`` (:func:`bench_threads`) times our loop alone at several torch
-thread counts (default 1 and every core), interleaved the same way, and reports each
+thread counts (default 1 and every CPU it may use), interleaved the same way, and reports each
 count's tokens/s, its speed-up over the first count and the parallel efficiency, with the
 largest loss difference between counts (same batches, same init).
 """
@@ -121,7 +121,7 @@ class _Setup:
         if run not in cfg.runs:
             raise TrainError(f"unknown run {run!r}; params.yaml train.runs has: {', '.join(cfg.runs)}")
         if cfg.grad_accum != 1:
-            raise TrainError("mvot bench train measures grad_accum = 1 (one micro-batch a step)")
+            raise TrainError("mvot bench train/threads measures grad_accum = 1 (one micro-batch a step)")
         self.params, self.cfg, self.spec = params, cfg, cfg.runs[run]
         tokenizer_dir = Path(tokenizer_dir)
         self.vocab = Vocab.load(tokenizer_dir / "vocab.json")
@@ -262,7 +262,7 @@ def bench_train(params: Params, tokens_dir, tokenizer_dir, run: str = "mvot", st
     """Tokens/s and MFU of our loop and of ``Trainer`` on the same model and batches,
     interleaved ``rounds`` times (best round of each side), and the matmul peak."""
     if warmup < 1 or steps < 1 or rounds < 1:
-        raise ValueError("warmup, steps and rounds must be at least 1")
+        raise TrainError("bench: --warmup, --steps and --rounds must be at least 1")
     peak = peak or matmul_peak()
     s = _Setup(params, run, tokens_dir, tokenizer_dir, warmup + steps)
     ours, hf = [], []
@@ -308,17 +308,26 @@ def bench_train(params: Params, tokens_dir, tokenizer_dir, run: str = "mvot", st
     }
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def bench_threads(params: Params, tokens_dir, tokenizer_dir, run: str = "mvot", steps: int = 20, warmup: int = 3,
                   rounds: int = 2, threads: list[int] | None = None) -> dict:
-    """Tokens/s of our loop at each torch thread count (default: 1 and every core), the
-    counts interleaved ``rounds`` times on a fresh model each, best round of each count;
-    the speed-up against the first count and the losses' largest difference between counts
-    (the same batches and init: a thread count should not change what a run learns)."""
-    threads = list(threads or sorted({1, os.cpu_count() or 1}))
+    """Tokens/s of our loop at each torch thread count (default: 1 and every CPU this
+    process may use), the counts interleaved ``rounds`` times on a fresh model each, best
+    round of each count; the speed-up against the first count and the losses' largest
+    difference between counts (same batches and init: a thread count should not change
+    what a run learns)."""
+    threads = list(threads) if threads is not None else sorted({1, usable_cpus()})
     if warmup < 1 or steps < 1 or rounds < 1:
-        raise ValueError("warmup, steps and rounds must be at least 1")
+        raise TrainError("bench: --warmup, --steps and --rounds must be at least 1")
     if not threads or min(threads) < 1 or len(set(threads)) != len(threads):
-        raise ValueError(f"threads must be distinct counts of at least 1, got {threads}")
+        raise TrainError(f"bench threads: --threads must be distinct counts of at least 1, e.g. 1,2; got {threads}")
     s = _Setup(params, run, tokens_dir, tokenizer_dir, warmup + steps)
     before = torch.get_num_threads()
     runs: dict[int, list[dict]] = {t: [] for t in threads}
@@ -353,7 +362,7 @@ def bench_threads(params: Params, tokens_dir, tokenizer_dir, run: str = "mvot", 
         "run": run,
         "variant": s.spec.variant,
         "model": {"d_model": m.d_model, "n_layer": m.n_layer, "n_head": m.n_head, "d_ff": m.d_ff, "vocab": s.vocab.size},
-        "cpu_count": os.cpu_count(),
+        "cpu_count": usable_cpus(),
         "warmup_steps": warmup,
         "timed_steps": steps,
         "rounds": rounds,

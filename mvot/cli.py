@@ -587,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=2,
                    help="train, threads: interleaved rounds (ours and Trainer; or the thread counts), best kept (default: 2)")
     b.add_argument("--threads", type=_thread_counts, help="threads: torch thread counts to compare, e.g. 1,2 "
-                   "(default: 1 and every core)")
+                   "(default: 1 and every CPU this process may use)")
     b.add_argument("--tokens", default="data/tokens", help="train, threads: token arrays (default: data/tokens)")
     b.add_argument("--tokenizer", default="models/tokenizer", help="train, threads: tokenizer directory (default: models/tokenizer)")
     b.add_argument("--runs", default="models/runs", help="decode: trained runs (default: models/runs)")

@@ -39,34 +39,52 @@ def test_bench_train_runs_both_loops_on_identical_work(tiny_tokens, raw_params):
     assert "ours / Trainer" in table and "MFU" in table
 
 
-def test_bench_threads_compares_thread_counts_on_identical_work(tiny_tokens, raw_params, capsys):
+def test_bench_threads_compares_thread_counts_on_identical_work(tiny_tokens, raw_params, tmp_path, capsys):
     """`mvot bench threads`: each thread count really runs (torch reports it), on the same
-    batches and init, so the losses agree across counts; the thread count is restored after."""
+    batches and init, so the losses agree across counts; the caller's thread count is
+    restored after; the CLI runs it and refuses bad counts before any work."""
     import torch
+    import yaml
 
     from mvot.bench_train import bench_threads, format_threads_table
     from mvot.cli import main
+    from mvot.train import TrainError
 
     _, tok_dir, tokens_dir = tiny_tokens
     raw = tiny_tokenizer_raw(raw_params)
     raw["train"] |= {"tasks": ["frozenlake"], "batch_tokens": 2048, "warmup": 2, "steps": 10}
     before = torch.get_num_threads()
-    r = bench_threads(parse_params(raw), tokens_dir, tok_dir, run="mvot", steps=2, warmup=1, rounds=1, threads=[1, 2])
-    assert torch.get_num_threads() == before
+    torch.set_num_threads(3)  # neither count measured below, so a missing restore shows
+    try:
+        r = bench_threads(parse_params(raw), tokens_dir, tok_dir, run="mvot", steps=2, warmup=1, rounds=1,
+                          threads=[1, 2])
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
     assert [x["threads"] for x in r["by_threads"]] == [1, 2]
     assert [x["threads_seen"] for x in r["by_threads"]] == [[1], [2]]
     for x in r["by_threads"]:
         assert all(math.isfinite(v) and v > 0 for v in (x["tokens_per_s"], x["steps_per_s"], x["speedup"],
                                                         x["efficiency"], x["seconds_best"])), x
         assert len(x["losses"]) == 3 and len({round(v, 6) for v in x["losses"]}) > 1
-    assert r["by_threads"][0]["speedup"] == 1.0
     assert r["loss_max_abs_diff"] < 1e-3
     assert r["by_threads"][1]["losses"] == pytest.approx(r["by_threads"][0]["losses"], rel=1e-4)
     table = format_threads_table(r)
     assert "speed-up" in table and "largest difference" in table
 
-    with pytest.raises(ValueError, match="distinct"):
-        bench_threads(parse_params(raw), tokens_dir, tok_dir, threads=[1, 1])
-    with pytest.raises(SystemExit):  # the CLI refuses a bad list before any work
-        main(["bench", "threads", "--threads", "0,2"])
+    for bad in ([1, 1], []):
+        with pytest.raises(TrainError, match="distinct"):
+            bench_threads(parse_params(raw), tokens_dir, tok_dir, threads=bad)
+
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    cli = ["--params", str(p), "bench", "threads", "--tokens", str(tokens_dir), "--tokenizer", str(tok_dir),
+           "--steps", "1", "--warmup", "1", "--rounds", "1"]
+    assert main([*cli, "--threads", "2,1"]) == 0
+    out = capsys.readouterr().out
+    assert "speed-up" in out and '"threads_seen": [\n        2\n      ]' in out
+    assert main([*cli[:-1], "0"]) == 1  # --rounds 0: a clear error, no traceback
+    assert "--rounds must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*cli, "--threads", "0,2"])
     assert "distinct thread counts" in capsys.readouterr().err

@@ -178,16 +178,16 @@ def test_pipeline_prints_a_profiles_merged_params_and_runs_nothing(tmp_path, mon
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # unreachable: --print-params never asks
     work = tmp_path / "w"
-    assert pipeline.main(["--profile", "multitask", "--set", "train.steps=400", "--workdir", str(work),
-                          "--print-params"]) == 0
-    raw = yaml.safe_load(capsys.readouterr().out)
-    params = parse_params(raw)
+    base = ["--params", str(ROOT / "params.yaml"), "--profile", "multitask"]
+    assert pipeline.main([*base, "--set", "train.steps=400", "--workdir", str(work), "--print-params"]) == 0
+    printed = capsys.readouterr().out
+    params = parse_params(yaml.safe_load(printed))
     assert (params.train.steps, params.train.model.d_model, params.train.batch_tokens) == (400, 128, 2048)
     assert not work.exists()
     p = tmp_path / "mt.yaml"
-    p.write_text(yaml.safe_dump(raw))
+    p.write_text(printed)  # exactly what was printed
     assert main(["--params", str(p), "params"]) == 0 and '"steps": 400' in capsys.readouterr().out
 
-    assert pipeline.main(["--profile", "multitask", "--set", "train.steps=-1", "--print-params"]) == 1
+    assert pipeline.main([*base, "--set", "train.steps=-1", "--print-params"]) == 1
     captured = capsys.readouterr()
     assert "train.steps" in captured.err and captured.out == ""
