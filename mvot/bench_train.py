@@ -257,12 +257,28 @@ def run_trainer(s: _Setup, warmup: int, steps: int) -> dict:
             "n_params": matmul_parameters(model)}
 
 
+def _check_rounds(warmup: int, steps: int, rounds: int) -> None:
+    if warmup < 1 or steps < 1 or rounds < 1:
+        raise TrainError("bench: --warmup, --steps and --rounds must be at least 1")
+
+
+def check_thread_counts(threads: list[int]) -> list[int]:
+    """``threads`` if they are distinct counts of at least 1 (what ``--threads`` accepts)."""
+    if not threads or min(threads) < 1 or len(set(threads)) != len(threads):
+        raise TrainError(f"bench threads: --threads must be distinct counts of at least 1, e.g. 1,2; got {threads}")
+    return threads
+
+
+def _model_info(s: _Setup) -> dict:
+    m = s.params.train.model
+    return {"d_model": m.d_model, "n_layer": m.n_layer, "n_head": m.n_head, "d_ff": m.d_ff, "vocab": s.vocab.size}
+
+
 def bench_train(params: Params, tokens_dir, tokenizer_dir, run: str = "mvot", steps: int = 20, warmup: int = 3,
                 rounds: int = 2, peak: dict | None = None) -> dict:
     """Tokens/s and MFU of our loop and of ``Trainer`` on the same model and batches,
     interleaved ``rounds`` times (best round of each side), and the matmul peak."""
-    if warmup < 1 or steps < 1 or rounds < 1:
-        raise TrainError("bench: --warmup, --steps and --rounds must be at least 1")
+    _check_rounds(warmup, steps, rounds)
     peak = peak or matmul_peak()
     s = _Setup(params, run, tokens_dir, tokenizer_dir, warmup + steps)
     ours, hf = [], []
@@ -274,7 +290,6 @@ def bench_train(params: Params, tokens_dir, tokenizer_dir, run: str = "mvot", st
     flops = s.flops(n_params, warmup, warmup + steps)
     best_ours = min(r["seconds"] for r in ours)
     best_hf = min(r["seconds"] for r in hf)
-    m = params.train.model
 
     def side(best: float, runs: list[dict]) -> dict:
         return {
@@ -291,8 +306,7 @@ def bench_train(params: Params, tokens_dir, tokenizer_dir, run: str = "mvot", st
     return {
         "run": run,
         "variant": s.spec.variant,
-        "model": {"d_model": m.d_model, "n_layer": m.n_layer, "n_head": m.n_head, "d_ff": m.d_ff,
-                  "vocab": s.vocab.size, "matmul_parameters": n_params},
+        "model": _model_info(s) | {"matmul_parameters": n_params},
         "warmup_steps": warmup,
         "timed_steps": steps,
         "rounds": rounds,
@@ -323,11 +337,8 @@ def bench_threads(params: Params, tokens_dir, tokenizer_dir, run: str = "mvot", 
     round of each count; the speed-up against the first count and the losses' largest
     difference between counts (same batches and init: a thread count should not change
     what a run learns)."""
-    threads = list(threads) if threads is not None else sorted({1, usable_cpus()})
-    if warmup < 1 or steps < 1 or rounds < 1:
-        raise TrainError("bench: --warmup, --steps and --rounds must be at least 1")
-    if not threads or min(threads) < 1 or len(set(threads)) != len(threads):
-        raise TrainError(f"bench threads: --threads must be distinct counts of at least 1, e.g. 1,2; got {threads}")
+    threads = check_thread_counts(list(threads) if threads is not None else sorted({1, usable_cpus()}))
+    _check_rounds(warmup, steps, rounds)
     s = _Setup(params, run, tokens_dir, tokenizer_dir, warmup + steps)
     before = torch.get_num_threads()
     runs: dict[int, list[dict]] = {t: [] for t in threads}
@@ -357,11 +368,10 @@ def bench_threads(params: Params, tokens_dir, tokenizer_dir, run: str = "mvot", 
         })
     ref = rows[0]["losses"]
     diff = max(abs(a - b) for row in rows for a, b in zip(row["losses"], ref, strict=True))
-    m = params.train.model
     return {
         "run": run,
         "variant": s.spec.variant,
-        "model": {"d_model": m.d_model, "n_layer": m.n_layer, "n_head": m.n_head, "d_ff": m.d_ff, "vocab": s.vocab.size},
+        "model": _model_info(s),
         "cpu_count": usable_cpus(),
         "warmup_steps": warmup,
         "timed_steps": steps,

@@ -377,13 +377,12 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _thread_counts(value: str) -> list[int]:
+    from mvot.bench_train import check_thread_counts
+
     try:
-        counts = [int(x) for x in value.split(",") if x.strip()]
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
-        raise argparse.ArgumentTypeError(f"expected distinct thread counts of at least 1, e.g. 1,2; got {value!r}")
-    return counts
+        return check_thread_counts([int(x) for x in value.split(",") if x.strip()])
+    except (ValueError, MvotError):
+        raise argparse.ArgumentTypeError(f"expected distinct thread counts of at least 1, e.g. 1,2; got {value!r}") from None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
