@@ -18,8 +18,11 @@ trial (the parent's id is passed to each trial's process); the parent holds the
 comparison table (mean and spread over seeds) and plots, also published as Prefect
 artifacts. Outputs: sweeps/<name>/trials/<trial>/ and sweeps/<name>/summary/. A trial that
 finished before with identical params (its row.json) is reused, not rerun, so widening a
-sweep (say from one seed to three) runs only the new trials; its child run stays under the
-earlier parent. Delete sweeps/<name>/ to start over.
+sweep (say from one seed to three) runs only the new trials. Running the sweep again
+continues its parent run (sweeps/<name>/tracking.json), so every trial of a sweep sits
+under one parent however many processes it took: child runs a stopped process left
+RUNNING are marked KILLED, and a trial cut off mid-training continues its own child run
+from its checkpoint. Delete sweeps/<name>/ to start over.
 """
 
 from __future__ import annotations
@@ -61,7 +64,13 @@ from mvot.sweep import (
     trials,
     write_summary,
 )
-from mvot.tracking import NullTracker, check_reachable, default_uri, start_run
+from mvot.tracking import (
+    NullTracker,
+    check_reachable,
+    close_unfinished_children,
+    default_uri,
+    start_run,
+)
 
 # the columns of the summary's markdown tables (Prefect artifact and the command's output)
 TABLE_COLS = [*CONFIG_KEYS, "task", "seeds", "accuracy", "accuracy_sd", "v_acc", "v_acc_sd", "v_red", "v_red_sd", "train_seconds"]
@@ -172,6 +181,26 @@ def _task_scores(metrics_dir: Path) -> dict[str, dict]:
     return out
 
 
+PARENT_FILE = "tracking.json"  # sweeps/<name>/tracking.json: the sweep's MLflow parent run, continued by a rerun
+
+
+def _earlier_parent(sweep_dir: Path) -> str | None:
+    """The MLflow parent run an earlier process of this sweep started (``None`` when there is
+    none or its record is unreadable; a run no longer in the store is replaced by ``start_run``)."""
+    try:
+        run_id = json.loads((sweep_dir / PARENT_FILE).read_text()).get("parent_run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return run_id if isinstance(run_id, str) and run_id else None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
 @task(name="sweep-trial", task_run_name="trial-{key}", cache_policy=NO_CACHE)
 def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: str, sweep_dir: str,
               parent_run_id: str | None, tracking_uri: str | None, concurrent: int = 1) -> dict:
@@ -261,7 +290,14 @@ def sweep_flow(params_path: str = "params.yaml", sets: list[str] | None = None, 
     uri = default_uri(root)
     if track:
         check_reachable(uri)  # before any training
-    with start_run("sweep", params.sweep.name, root) if track else nullcontext(NullTracker()) as parent:
+    earlier = _earlier_parent(Path(sweep_dir)) if track else None
+    with start_run("sweep", params.sweep.name, root, run_id=earlier) if track else nullcontext(NullTracker()) as parent:
+        if track:
+            _write_json(Path(sweep_dir) / PARENT_FILE, {"parent_run_id": parent.run_id, "tracking_uri": uri})
+        if parent.continued:  # trials this sweep's last process left RUNNING; those that resume reopen theirs
+            for run_id in close_unfinished_children(parent.run_id, uri):
+                print(f"sweep {params.sweep.name}: MLflow run {run_id} of a trial cut off earlier marked KILLED",
+                      file=sys.stderr)
         parent.set_tags({"sweep": params.sweep.name, "trials": str(len(grid))})
         parent.log_dict({"grid": params.sweep.grid.model_dump(mode="json"), "skipped": skipped}, "sweep/grid.json")
         token_futures = {px: prepare_tokens.submit(raw, px, root, sweep_dir, track)

@@ -47,9 +47,11 @@ def _print_stats(stats: dict) -> None:
         print(f"  {split:5s} n={s['instances']:6d} layouts={s['distinct_layouts']:6d} answers[{answers}] sizes[{sizes}] steps~{s['steps_mean']}")
 
 
-def _tracked(args: argparse.Namespace, experiment: str, run_name: str, parent_run_id: str | None = None):
-    """An MLflow run (embedded sqlite store unless MLFLOW_TRACKING_URI says otherwise),
-    or a null tracker with --no-track and in every torchrun process but the first."""
+def _tracked(args: argparse.Namespace, experiment: str, run_name: str, parent_run_id: str | None = None,
+             run_id: str | None = None):
+    """An MLflow run (embedded sqlite store unless MLFLOW_TRACKING_URI says otherwise; with
+    ``run_id``, that run continued), or a null tracker with --no-track and in every torchrun
+    process but the first."""
     import os
     from contextlib import nullcontext
 
@@ -57,7 +59,7 @@ def _tracked(args: argparse.Namespace, experiment: str, run_name: str, parent_ru
 
     if args.no_track or os.environ.get("RANK", "0") != "0":
         return nullcontext(NullTracker())
-    return start_run(experiment, run_name, parent_run_id=parent_run_id)
+    return start_run(experiment, run_name, parent_run_id=parent_run_id, run_id=run_id)
 
 
 def _check_report_outputs(args: argparse.Namespace) -> None:
@@ -237,8 +239,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     if unknown:
         raise CliError(f"unknown run {unknown[0]!r}; params.yaml train.runs has: {', '.join(params.train.runs)}")
     for run in runs:
-        with _tracked(args, args.experiment, args.run_name or run, args.parent_run_id) as tracker:
-            summary = train_run(params, run, args.tokens, args.tokenizer, args.out, tracker, args.log_jsonl, args.resume, raw_dir=args.raw)
+        fingerprint, run_id = None, None
+        if args.resume:  # checked before a tracking run opens; the checkpoint's MLflow run is continued
+            from mvot.checkpoint import CKPT, resumable, training_fingerprint
+            from mvot.train import TrainError
+
+            ckpt = Path(args.out) / run / CKPT
+            fingerprint = training_fingerprint(params, run, args.tokens, args.tokenizer)
+            state, why = resumable(ckpt, fingerprint, legacy=True)  # one from before fingerprints: as it is
+            if state is None:
+                raise TrainError(f"cannot resume {run}: {why}; start afresh without --resume, or delete {ckpt}")
+            run_id = state.get("mlflow_run_id")
+        with _tracked(args, args.experiment, args.run_name or run, args.parent_run_id, run_id) as tracker:
+            summary = train_run(params, run, args.tokens, args.tokenizer, args.out, tracker, args.log_jsonl, args.resume,
+                                raw_dir=args.raw, fingerprint=fingerprint)
         print(json.dumps({"run": run} | summary, indent=2))
     return 0
 

@@ -208,7 +208,25 @@ def start_run(
     if parent_run_id and not run_id:
         kwargs["tags"] = {"mlflow.parentRunId": parent_run_id}  # works from any thread or process
     with mlflow.start_run(**kwargs) as run:
+        if parent_run_id and run_id and run.data.tags.get("mlflow.parentRunId") != parent_run_id:
+            mlflow.set_tag("mlflow.parentRunId", parent_run_id)  # a continued child goes under today's parent
         yield MlflowTracker(run, continued=bool(run_id))
+
+
+def close_unfinished_children(parent_run_id: str, uri: str | None = None, root: str | Path = ".") -> list[str]:
+    """Mark the child runs of ``parent_run_id`` still RUNNING as KILLED, and return their ids:
+    what a sweep process stopped mid-trial (its machine returned, a kill) leaves behind. Called
+    by the one sweep process of a sweep directory as it continues that sweep's parent run; a
+    trial that then resumes from its checkpoint reopens its own run (RUNNING, then FINISHED)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri or default_uri(root))
+    parent = client.get_run(parent_run_id)
+    stale = client.search_runs([parent.info.experiment_id],
+                               filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'")
+    for r in stale:
+        client.set_terminated(r.info.run_id, status="KILLED")
+    return [r.info.run_id for r in stale]
 
 
 

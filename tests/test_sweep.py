@@ -169,9 +169,28 @@ def test_sweep_flow_parent_and_child_runs(prefect_harness, sweep_root):
     sizes = {int(line.split(",")[6]) for line in (summary / "by_size.csv").read_text().splitlines()[1:]}
     assert sizes and sizes <= {3, 4, 5, 6, 7, 8, 9, 10}
 
-    # a trial finished before by-size scores existed: reuse fills them in from its metrics files
-    import json
+    # the sweep run again after its process was stopped mid-trial: the same parent run goes on, child runs
+    # the stopped process left RUNNING are marked KILLED, and the trial cut off in training continues its own run
+    cut = next((sweep_root / "sweeps" / "t" / "trials").glob("*-s1"))
+    state = json.loads((cut / "runs" / "trial" / "checkpoint" / "state.json").read_text())
+    child = state["mlflow_run_id"]
+    assert child in {c.info.run_id for c in children}
+    (cut / "row.json").unlink()
+    shutil.rmtree(cut / "runs" / "trial" / "model")
+    client.update_run(child, status="RUNNING")
+    orphan = client.create_run(exp.experiment_id, tags={"mlflow.parentRunId": parent.info.run_id}).info.run_id
+    again = run_sweep(str(sweep_root / "params.yaml"), ["sweep.grid.ld_weight=[1.0]"])
+    assert again["parent_run_id"] == r["parent_run_id"]
+    assert [row.get("reused", False) for row in again["rows"]] == [True, False]
+    assert again["rows"][1]["resumed_from_step"] == state["step"], again["rows"][1].get("error")
+    assert client.get_run(orphan).info.status == "KILLED"
+    resumed = client.get_run(child)
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 4  # the parent, its two trials and the orphan: no new run
+    assert {x.info.status for x in runs if x.info.run_id != orphan} == {"FINISHED"}
 
+    # a trial finished before by-size scores existed: reuse fills them in from its metrics files
     old_row = next((sweep_root / "sweeps" / "t" / "trials").glob("*-s0")) / "row.json"
     legacy = json.loads(old_row.read_text())
     for m in legacy["tasks"].values():

@@ -301,7 +301,7 @@ def test_bad_resume_and_limits(tiny_tokens, raw_params, tmp_path):
         train(small, "run", tokens_dir, tok_dir, tmp_path / "x", progress=False)
 
 
-def test_cli_train_logs_to_mlflow(tiny_tokens, tiny_generated, raw_params, tmp_path, monkeypatch):
+def test_cli_train_logs_to_mlflow(tiny_tokens, tiny_generated, raw_params, tmp_path, monkeypatch, capsys):
     import yaml
     from mlflow.tracking import MlflowClient
 
@@ -361,6 +361,22 @@ def test_cli_train_logs_to_mlflow(tiny_tokens, tiny_generated, raw_params, tmp_p
 
     assert list(out["uid"]) == [instance_from_json(instance).uid]
     assert set(out.columns) >= {"uid", "answer", "text", "thoughts"}
+
+    # `--resume` (what a sweep runs for a trial cut off mid-training) continues the checkpoint's MLflow run
+    args = ["--params", str(tmp_path / "params.yaml"), "train", "--tokens", str(tokens_dir), "--tokenizer", str(tok_dir),
+            "--raw", str(raw_dir), "--out", str(tmp_path / "runs"), "--resume"]
+    client.set_terminated(run.info.run_id, status="KILLED")  # as a stopped sweep leaves it
+    capsys.readouterr()
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["resumed_from_step"] == 3
+    runs = client.search_runs([client.get_experiment_by_name("train").experiment_id])
+    assert [r.info.run_id for r in runs] == [run.info.run_id] and runs[0].info.status == "FINISHED"
+    # ... and a checkpoint of another training is refused before any run opens
+    raw["train"]["lr"] /= 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert main(args) == 1
+    assert "cannot resume mvot: the checkpoint in" in capsys.readouterr().err
+    assert len(client.search_runs([client.get_experiment_by_name("train").experiment_id])) == 1
 
 
 def test_unreachable_tracking_server_fails_fast(tiny_tokens, monkeypatch, capsys):
