@@ -18,6 +18,7 @@ from pathlib import Path
 
 from flows.pipeline import pipeline_flow, resolve_params
 from mvot.config import TASKS, parse_params
+from mvot.errors import MvotError
 
 
 def direct(raw: dict, root: Path) -> float:
@@ -50,13 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--keep", help="work in this directory instead of a temporary one")
     args = ap.parse_args(argv)
-    raw, name = resolve_params(args.params, args.profile, [])
-    with tempfile.TemporaryDirectory(prefix="mvot-bench-") as tmp:
-        base = Path(args.keep or tmp)
-        t_direct = direct(raw, base / "direct")
-        t0 = time.perf_counter()
-        pipeline_flow(args.params, args.profile, None, str(base / "orchestrated"), True, False)
-        t_flow = time.perf_counter() - t0
+    try:
+        raw, name = resolve_params(args.params, args.profile, [])
+        with tempfile.TemporaryDirectory(prefix="mvot-bench-") as tmp:
+            base = Path(args.keep or tmp)
+            t_direct = direct(raw, base / "direct")
+            t0 = time.perf_counter()
+            pipeline_flow(args.params, args.profile, None, str(base / "orchestrated"), True, False)
+            t_flow = time.perf_counter() - t0
+    except MvotError as exc:
+        print(f"flows.bench: error: {exc}", file=sys.stderr)
+        return 1
     over = t_flow - t_direct
     print(f"\nprofile {name}: direct library calls {t_direct:.1f} s; dvc repro + Prefect + MLflow + promotion "
           f"{t_flow:.1f} s; overhead {over:.1f} s = {100 * over / t_direct:.1f}% of the direct time")

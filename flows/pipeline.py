@@ -97,10 +97,19 @@ def _set_overrides(items: list[str]) -> dict:
         if not sep or not key:
             raise PipelineError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.steps=400")
         *parents, leaf = key.split(".")
+        if not all(key.split(".")):
+            raise PipelineError(f"--set {item!r}: {key!r} has an empty part; keys are dotted names, e.g. train.steps")
         node = out
-        for p in parents:
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
+            if not isinstance(node, dict):
+                raise PipelineError(f"--set {item!r}: an earlier --set gave {'.'.join(parents[:i + 1])} a value, "
+                                    "so it has no keys to set; set the section's keys one by one")
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise PipelineError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(exc).split())}); "
+                                "quote lists and mappings whole, e.g. --set \"sweep.grid.seed=[0,1]\"") from None
     return out
 
 
@@ -108,8 +117,12 @@ def resolve_params(params_path: str, profile: str | None, sets: list[str]) -> tu
     """The merged, validated raw params and the profile name (None: the default profile)."""
     try:
         raw = yaml.safe_load(Path(params_path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise PipelineError(f"{params_path}: cannot read the params file ({exc})") from None
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{params_path}: a params file is a mapping of sections (data:, train:, ...), not "
+                            f"{'an empty file' if raw is None else 'a ' + type(raw).__name__}; "
+                            "restore it with `git checkout params.yaml`")
     name = None
     if profile:
         name, overrides = _profile_overrides(profile)

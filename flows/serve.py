@@ -16,6 +16,8 @@ import argparse
 import os
 import sys
 
+import httpx
+
 from flows.pipeline import pipeline_flow
 from flows.sweep import sweep_flow
 
@@ -54,13 +56,23 @@ def main(argv: list[str] | None = None) -> int:
         print("flows.serve: error: schedules need a Prefect server; start `prefect server start --host 127.0.0.1` "
               "and set PREFECT_API_URL=http://127.0.0.1:4200/api", file=sys.stderr)
         return 1
-    if args.register_only:
-        for name, dep_id in register(args.nightly_cron, args.weekly_cron).items():
-            print(f"registered deployment {name}: {dep_id}")
-        return 0
-    from prefect import serve
+    try:
+        deps = deployments(args.nightly_cron, args.weekly_cron)  # checks both cron strings before anything is registered
+    except ValueError as exc:
+        print(f"flows.serve: error: {exc}; a cron string has five fields, e.g. --nightly-cron '0 2 * * *'", file=sys.stderr)
+        return 1
+    try:
+        if args.register_only:
+            for d in deps:
+                print(f"registered deployment {d.name}: {d.apply()}")
+            return 0
+        from prefect import serve
 
-    serve(*deployments(args.nightly_cron, args.weekly_cron))
+        serve(*deps)
+    except (httpx.HTTPError, OSError, RuntimeError) as exc:  # a refused connection, an API error (Prefect's are httpx's)
+        print(f"flows.serve: error: the Prefect server at {os.environ['PREFECT_API_URL']} did not answer ({exc}); "
+              "start it with `prefect server start --host 127.0.0.1` or fix PREFECT_API_URL", file=sys.stderr)
+        return 1
     return 0
 
 

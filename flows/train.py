@@ -55,6 +55,10 @@ def train_one(params_path: str, run: str, tokens: str, tokenizer: str, out: str,
         return summary | {"mlflow_run_id": tracker.run_id}
 
 
+class UnknownRunError(MvotError, ValueError):
+    """A run name that params.yaml `train.runs` does not have."""
+
+
 def select_runs(params_path: str, runs: list[str] | None, track: bool) -> list[str]:
     """The runs a flow works on (default: all of train.runs), checked before any work: bad params, an
     unknown run name or an unreachable tracking server stop the flow here."""
@@ -62,7 +66,7 @@ def select_runs(params_path: str, runs: list[str] | None, track: bool) -> list[s
     names = runs or list(params.train.runs)
     unknown = [r for r in names if r not in params.train.runs]
     if unknown:
-        raise ValueError(f"unknown run {unknown[0]!r}; params.yaml train.runs has: {', '.join(params.train.runs)}")
+        raise UnknownRunError(f"unknown run {unknown[0]!r}; params.yaml train.runs has: {', '.join(params.train.runs)}")
     if track:
         check_reachable(default_uri())
     return names

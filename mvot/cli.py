@@ -238,23 +238,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     unknown = [r for r in runs if r not in params.train.runs]
     if unknown:
         raise CliError(f"unknown run {unknown[0]!r}; params.yaml train.runs has: {', '.join(params.train.runs)}")
+    if args.log_jsonl:
+        log = Path(args.log_jsonl)
+        if log.is_dir() or not log.parent.is_dir():
+            raise CliError(f"--log-jsonl {log}: " + ("a folder, not a file" if log.is_dir() else f"folder {log.parent} does not exist")
+                           + "; name a file in an existing folder")
+    plans = {run: _resume_plan(args, params, run) for run in runs} if args.resume else {}  # every run checked first
     for run in runs:
-        fingerprint, run_id = None, None
-        if args.resume:  # checked before a tracking run opens; the checkpoint's MLflow run is continued
-            from mvot.checkpoint import CKPT, resumable, training_fingerprint
-            from mvot.train import TrainError
-
-            ckpt = Path(args.out) / run / CKPT
-            fingerprint = training_fingerprint(params, run, args.tokens, args.tokenizer)
-            state, why = resumable(ckpt, fingerprint, legacy=True)  # one from before fingerprints: as it is
-            if state is None:
-                raise TrainError(f"cannot resume {run}: {why}; start afresh without --resume, or delete {ckpt}")
-            run_id = state.get("mlflow_run_id")
+        fingerprint, run_id = plans.get(run, (None, None))
         with _tracked(args, args.experiment, args.run_name or run, args.parent_run_id, run_id) as tracker:
             summary = train_run(params, run, args.tokens, args.tokenizer, args.out, tracker, args.log_jsonl, args.resume,
                                 raw_dir=args.raw, fingerprint=fingerprint)
         print(json.dumps({"run": run} | summary, indent=2))
     return 0
+
+
+def _resume_plan(args: argparse.Namespace, params, run: str) -> tuple[dict | None, str | None]:
+    """``(fingerprint, MLflow run id)`` of a run that ``--resume`` may continue from
+    ``<out>/<run>/checkpoint``, checked before any training or tracking run starts; raises
+    with what changed otherwise. Under torchrun only the first process looks (it alone
+    repairs a checkpoint swap cut off midway; ``train`` makes the others wait for it)."""
+    import os
+
+    from mvot.checkpoint import CKPT, resumable, training_fingerprint
+    from mvot.train import TrainError
+
+    if os.environ.get("RANK", "0") != "0":
+        return None, None
+    ckpt = Path(args.out) / run / CKPT
+    fingerprint = training_fingerprint(params, run, args.tokens, args.tokenizer)
+    state, why = resumable(ckpt, fingerprint, legacy=True)  # one from before fingerprints: as it is
+    if state is None:
+        raise TrainError(f"cannot resume {run}: {why}; start afresh without --resume, or delete {ckpt}")
+    return fingerprint, state.get("mlflow_run_id")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -388,6 +404,16 @@ def cmd_import(args: argparse.Namespace) -> int:
     for path, n in written.items():
         print(f"{path}: {n} instances, every answer recomputed and confirmed")
     return 0
+
+
+def _at_least_one(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1; got {value!r}")
+    return n
 
 
 def _thread_counts(value: str) -> list[int]:
@@ -561,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--per-outcome", type=int, default=60, help="instances per outcome and split (default: 60)")
     pb.add_argument("--errors", type=int, default=2, help="commonest first errors shown per line (default: 2)")
     pb.add_argument("--raw", default="data/raw", help="the generated data (default: data/raw)")
-    pb.add_argument("--batch-size", type=int, default=16)
+    pb.add_argument("--batch-size", type=_at_least_one, default=16)
     pb.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     pb.set_defaults(fn=cmd_probe)
 

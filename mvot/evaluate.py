@@ -447,7 +447,15 @@ def evaluate_combined(params, out_dir: str | Path = "eval", metrics_dir: str | P
         for size in sorted(table):
             lines.append(f"{size}," + ",".join("" if table[size].get(r) is None else str(table[size][r]) for r in params.train.runs))
         files[csv] = "\n".join(lines) + "\n"
+    folders = list(dict.fromkeys(path.parent for path in files))
+    for folder in folders:  # every folder checked before any is made: a file in the way writes nothing
+        blocker = next((f for f in (folder, *folder.parents) if f.exists() and not f.is_dir()), None)
+        if blocker is not None:
+            raise ConfigError(f"{blocker}: a file is in the way of folder {folder}; give --metrics and --plots folders")
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
     for path, text in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
     return results

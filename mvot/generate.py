@@ -391,6 +391,12 @@ def load_model(directory: str | Path, device: str | None = None) -> LoadedModel:
         if not isinstance(meta, dict):
             raise DecodeError(f"{d}/mvot.json: holds a {type(meta).__name__}, not an object of model settings; the directory is "
                               "inconsistent (retrain with `dvc repro -f train`)")
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    except RuntimeError as exc:
+        raise DecodeError(f"device {device!r}: not a torch device ({exc}); e.g. cpu or cuda:0") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DecodeError(f"device {device!r}: this torch has no usable CUDA device; leave the device out (the GPU when there is "
+                          "one, else the CPU) or give --device cpu")
     return LoadedModel(model.to(dev).eval(), vocab, load_text_tokenizer(d / "tokenizer"), d, meta)
 

@@ -167,7 +167,7 @@ def find_sources(path: Path) -> list[tuple[str, Path]]:
 
 def import_mvot(path: Path, out_dir: Path, params: Params | None = None) -> dict[str, int]:
     """Import everything under ``path`` into ``out_dir/<task>/<name>.jsonl``; all or nothing."""
-    batches: list[tuple[Path, list[Instance]]] = []
+    batches: list[tuple[Path, list[Instance], Path]] = []
     for task, src in find_sources(Path(path)):
         if task == "maze":
             insts = import_maze_file(src)
@@ -182,11 +182,17 @@ def import_mvot(path: Path, out_dir: Path, params: Params | None = None) -> dict
                 raise FormatError(f"{src}: grids larger than the largest {task} size in params ({fit}): {too_big[:3]}; add the size to generate.{task}.sizes")
         if not insts:
             raise FormatError(f"{src}: holds no instance")
-        batches.append((Path(out_dir) / task / f"{name}.jsonl", insts))
+        batches.append((Path(out_dir) / task / f"{name}.jsonl", insts, src))
+    seen: dict[Path, Path] = {}
+    for dest, _, src in batches:  # e.g. train/frozenlake/level3 and test/frozenlake/level3: one file each would overwrite
+        if dest in seen:
+            raise FormatError(f"{seen[dest]} and {src} would both be written to {dest}; import them one at a time, "
+                              "each into its own --out folder")
+        seen[dest] = src
     tmps: list[Path] = []
     made: list[Path] = []  # folders this call created, removed again if writing fails
     try:
-        for dest, insts in batches:
+        for dest, insts, _ in batches:
             for d in reversed([dest.parent, *dest.parent.parents]):
                 if not d.exists():
                     d.mkdir()
@@ -201,7 +207,7 @@ def import_mvot(path: Path, out_dir: Path, params: Params | None = None) -> dict
             d.rmdir()
         raise FormatError(f"{out_dir}: cannot write the imported instances there ({exc}); give --out a writable folder") from None
     written = {}
-    for (dest, insts), tmp in zip(batches, tmps, strict=True):
+    for (dest, insts, _), tmp in zip(batches, tmps, strict=True):
         os.replace(tmp, dest)
         written[str(dest)] = len(insts)
     return written

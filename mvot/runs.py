@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from mvot.checkpoint import CKPT, remove, resumable, training_fingerprint
+from mvot.checkpoint import CKPT, read_state, remove, resumable, training_fingerprint
 from mvot.config import Params
 from mvot.tracking import NullTracker, TrackingError, dvc_out_hashes
 from mvot.train import train
@@ -83,9 +83,11 @@ def train_run(
             with Path(log_jsonl).open("a") as fh:
                 fh.write(json.dumps({"step": step} | {k: float(v) for k, v in metrics.items()}) + "\n")
 
+    # the checkpoints name the MLflow run to continue; an untracked resume keeps the name it found
+    run_id = tracker.run_id or (read_state(ckpt).get("mlflow_run_id") if resume else None)
     summary = train(params, run, tokens_dir, tokenizer_dir, out, log=log, resume=resume, progress=progress, raw_dir=raw_dir,
                     stop_after=stop_after, checkpoint_dir=ckpt, fingerprint=fingerprint, checkpoint_files={"curve.csv": curve},
-                    checkpoint_meta={"mlflow_run_id": tracker.run_id} if tracker.run_id else None)
+                    checkpoint_meta={"mlflow_run_id": run_id} if run_id else None)
     tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
     tracker.set_tags({k: str(summary[k]) for k in ("device", "hardware", "torch") if k in summary})
     if (out / "model").is_dir():  # the final model (weights, config, both tokenizers) as a pyfunc model

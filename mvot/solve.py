@@ -10,6 +10,7 @@ encoded by the model's own frozen VQ tokenizer, then ``\\nResponse: ``.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,13 +153,14 @@ def write_visuals(sol: Solution, renderer: Renderer, out_dir: str | Path) -> dic
     truth = list(p.instance.states[1:]) if p.instance else []
     title = f"{p.uid}: answer {sol.answer or '?'}" + (f" (true {p.instance.answer})" if p.instance else "")
     title += "; top true, bottom drawn" if truth else ""
-    strip_png = out_dir / f"{p.uid}.strip.png"
+    name = re.sub(r"[^\w.-]", "_", p.uid)  # an imported id may hold "/" or spaces: one file in out_dir whatever it is
+    strip_png = out_dir / f"{name}.strip.png"
     if truth:
         strip(renderer, truth, sol.drawn, title).save(strip_png)
     else:
         frames = [p.image, *sol.drawn]
         strip(renderer, [], frames, title).save(strip_png)
-    gif = out_dir / f"{p.uid}.thoughts.gif"
+    gif = out_dir / f"{name}.thoughts.gif"
     frames = [Image.fromarray(x).resize((renderer.image_size * 2,) * 2, Image.NEAREST) for x in [p.image, *sol.drawn]]
     frames[0].save(gif, save_all=True, append_images=frames[1:], duration=700, loop=0)
     return {"strip": strip_png, "gif": gif}

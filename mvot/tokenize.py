@@ -210,7 +210,7 @@ def load_split(tokens_dir, task: str, split: str, variant: str) -> TokenSplit:
         arrays = {name: np.load(d / f"{name}.npy", mmap_mode="r") for name in ("tokens", "offsets", "supervised", "image")}
     except FileNotFoundError as exc:
         raise DataError(f"{d}: missing token arrays ({exc.filename}); run `dvc repro tokenize`") from None
-    except ValueError as exc:
+    except (ValueError, EOFError, OSError) as exc:  # a truncated or empty .npy, an unreadable file
         raise DataError(f"{d}: corrupt token arrays ({exc}); run `dvc repro -f tokenize`") from None
     ts = TokenSplit(**arrays)
     n = len(ts.tokens)

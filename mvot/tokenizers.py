@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -235,6 +237,45 @@ def run_stage(params: Params, raw_dir: str | Path, out_dir: str | Path, metrics_
 
     tracker = tracker or NullTracker()
     raw_dir, out_dir, metrics_path = Path(raw_dir), Path(out_dir), Path(metrics_path)
+    staging = _staging_dir(out_dir, metrics_path)  # before any training: an unwritable --out fails at once
+    try:
+        return _run_stage(params, raw_dir, out_dir, metrics_path, tracker, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _staging_dir(out_dir: Path, metrics_path: Path) -> Path:
+    """A fresh folder beside ``out_dir`` the tokenizers are written into, then swapped in whole."""
+    for p in (out_dir, metrics_path.parent):
+        blocker = next((f for f in (p, *p.parents) if f.exists() and not f.is_dir()), None)
+        if blocker is not None:
+            raise vq.CheckpointError(f"{blocker}: a file is in the way of folder {p}; give --out and --metrics folders that can be made")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        staging.chmod(0o755)  # mkdtemp's 0700 would become the tokenizer folder's
+        return staging
+    except OSError as exc:
+        raise vq.CheckpointError(f"{out_dir}: cannot write the tokenizers there ({exc}); give --out a writable folder") from None
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """``staging`` becomes ``out_dir``; an old ``out_dir`` is kept aside until then, so a failure leaves it whole."""
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    try:
+        staging.rename(out_dir)
+    except OSError:
+        if old.exists():
+            old.rename(out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _run_stage(params: Params, raw_dir: Path, out_dir: Path, metrics_path: Path, tracker, staging: Path) -> dict:
     cfg = params.tokenizer
     tracker.log_params({"tokenizer": params.tokenizer.model_dump(), "render": params.render.model_dump(), "seed": params.seed})
     t0 = time.perf_counter()
@@ -260,12 +301,11 @@ def run_stage(params: Params, raw_dir: str | Path, out_dir: str | Path, metrics_
     )
     t3 = time.perf_counter()
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    vq.save(model, out_dir)
-    text.save(str(out_dir / "tokenizer.json"))
-    vocab.save(out_dir / "vocab.json")
+    vq.save(model, staging)
+    text.save(str(staging / "tokenizer.json"))
+    vocab.save(staging / "vocab.json")
     sheet = reconstruction_sheet(coder, params, raw_dir)
-    sheet.save(out_dir / "reconstructions.png")
+    sheet.save(staging / "reconstructions.png")
 
     metrics = {
         "fidelity": fidelity,
@@ -276,8 +316,10 @@ def run_stage(params: Params, raw_dir: str | Path, out_dir: str | Path, metrics_
         "vocab_size": vocab.size,
         "seconds": {"collect_patches": round(t1 - t0, 1), "train_vq": round(t2 - t1, 1), "measure_and_text": round(t3 - t2, 1)},
     }
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    tmp = metrics_path.with_name(f".{metrics_path.name}.tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    _swap_in(staging, out_dir)  # the tokenizers, then their metrics: each whole or as it was
+    tmp.replace(metrics_path)
     flat = {f"fidelity/{t}/{k}": v for t, d in fidelity.items() for k, v in d.items() if k != "frames"}
     tracker.log_metrics(flat | {f"codebook/{k}": v for k, v in metrics["codebook"].items()})
     tracker.log_image(sheet, "reconstructions.png")

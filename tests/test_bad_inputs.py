@@ -128,6 +128,7 @@ def test_reports_write_all_or_nothing(raw_params, tmp_path, capsys, monkeypatch)
 
 
 def test_combine_with_a_missing_prediction_file_writes_nothing(tiny_params, tmp_path):
+    from mvot.config import ConfigError
     from mvot.data import DataError
     from mvot.evaluate import evaluate_combined
 
@@ -138,6 +139,14 @@ def test_combine_with_a_missing_prediction_file_writes_nothing(tiny_params, tmp_
     with pytest.raises(DataError, match=f"{b}/{task}/predictions.jsonl: missing"):
         evaluate_combined(tiny_params, tmp_path / "eval", tmp_path / "metrics", tmp_path / "plots")
     assert not (tmp_path / "metrics").exists() and not (tmp_path / "plots").exists()
+    for run in tiny_params.train.runs:  # every run's predictions there, but --plots names a file
+        for t in tiny_params.train.tasks:
+            (tmp_path / "eval" / run / t).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "eval" / run / t / "predictions.jsonl").write_text("")
+    (tmp_path / "plots").write_text("")
+    with pytest.raises(ConfigError, match="plots: a file is in the way of folder"):
+        evaluate_combined(tiny_params, tmp_path / "eval", tmp_path / "metrics", tmp_path / "plots")
+    assert not (tmp_path / "metrics").exists()
 
 
 def test_corrupt_tracking_record_and_generate_into_a_file(tiny_params, tmp_path):
@@ -153,3 +162,23 @@ def test_corrupt_tracking_record_and_generate_into_a_file(tiny_params, tmp_path)
     with pytest.raises(DataError, match="afile: is a file, not a folder"):
         generate_task(tiny_params, "maze", tmp_path / "afile", tmp_path / "stats", tmp_path / "sheet")
     assert not (tmp_path / "stats").exists()
+
+
+def test_tokenizers_are_swapped_in_whole_and_a_blocked_out_fails_before_training(tiny_tokenizer, tiny_generated, tmp_path):
+    from mvot.tokenizers import run_stage
+    from mvot.vq import CheckpointError
+
+    params, tok_dir, _ = tiny_tokenizer
+    assert sorted(p.name for p in tok_dir.parent.iterdir()) == ["tokenizer", "tokenizer.json"]  # no staging folder left
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(CheckpointError, match="afile: a file is in the way"):
+        run_stage(params, tiny_generated[0] / "raw", tmp_path / "afile" / "tokenizer", tmp_path / "m" / "tokenizer.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_batch_sizes_below_one_are_refused_by_the_parser(capsys):
+    from mvot.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["probe", "m", "--batch-size", "0"])
+    assert exit_.value.code == 2 and "expected a whole number of at least 1; got '0'" in capsys.readouterr().err

@@ -191,3 +191,36 @@ def test_pipeline_prints_a_profiles_merged_params_and_runs_nothing(tmp_path, mon
     assert pipeline.main([*base, "--set", "train.steps=-1", "--print-params"]) == 1
     captured = capsys.readouterr()
     assert "train.steps" in captured.err and captured.out == ""
+
+
+def test_pipeline_names_a_bad_params_file_or_set_value(tmp_path, capsys):
+    """An empty, non-mapping or non-UTF-8 params file and a --set value that is not YAML, or that
+    sets a key under a section an earlier --set replaced, exit 1 with a message, not a traceback."""
+    from flows.pipeline import PipelineError, main, resolve_params
+
+    p = tmp_path / "params.yaml"
+    for text, message in ((b"", "not an empty file"), (b"- a\n- b\n", "not a list"),
+                          (b"seed: \xff\n", "cannot read the params file")):
+        p.write_bytes(text)
+        with pytest.raises(PipelineError, match=message):
+            resolve_params(str(p), None, [])
+    assert main(["--params", str(p), "--print-params"]) == 1
+    assert "cannot read the params file" in capsys.readouterr().err
+    good = str(ROOT / "params.yaml")
+    with pytest.raises(PipelineError, match=r"--set 'train.steps=\[1': the value is not valid YAML"):
+        resolve_params(good, None, ["train.steps=[1"])
+    with pytest.raises(PipelineError, match="an earlier --set gave train a value"):
+        resolve_params(good, None, ["train=5", "train.steps=3"])
+    with pytest.raises(PipelineError, match="has an empty part"):
+        resolve_params(good, None, ["train..steps=3"])
+
+
+def test_train_log_file_is_checked_before_training(tmp_path, raw_params, capsys):
+    import yaml
+
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw_params))
+    for log, message in ((tmp_path / "no" / "log.jsonl", "does not exist"), (tmp_path, "a folder, not a file")):
+        assert main(["--params", str(p), "train", "--log-jsonl", str(log), "--out", str(tmp_path / "runs")]) == 1
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

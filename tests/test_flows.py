@@ -123,11 +123,13 @@ def test_train_flow_runs_every_run(prefect_harness, tiny_tokens, raw_params, tmp
     assert "train-runs" in keys
 
 
-def test_train_flow_rejects_unknown_runs(prefect_harness, raw_params, tmp_path):
-    from flows.train import train_flow
+def test_train_flow_rejects_unknown_runs(prefect_harness, raw_params, tmp_path, capsys):
+    from flows.train import main, train_flow
 
     with pytest.raises(ValueError, match="unknown run 'nope'"):
         train_flow(_params_file(tmp_path, raw_params), ["nope"], track=False)
+    assert main(["--params", _params_file(tmp_path, raw_params), "--run", "nope", "--no-track"]) == 1  # no traceback
+    assert "flows.train: error: unknown run 'nope'" in capsys.readouterr().err
 
 
 def test_start_run_continues_a_run_unless_gone(tmp_path):

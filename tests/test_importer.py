@@ -101,3 +101,13 @@ def test_unwritable_out_and_empty_source_write_nothing(samples, tmp_path):
     with pytest.raises(FormatError, match="grid3.json: holds no instance"):
         import_mvot(samples / "maze" / "grid3.json", tmp_path / "p")
     assert not (tmp_path / "p").exists()
+
+
+def test_two_sources_with_one_destination_are_refused(samples, tmp_path):
+    """train/frozenlake/level3 and test/frozenlake/level3 would both become frozenlake/level3.jsonl."""
+    both = tmp_path / "both"
+    shutil.copytree(samples, both / "train")
+    shutil.copytree(samples, both / "test")
+    with pytest.raises(FormatError, match=r"would both be written to .*grid3.jsonl; import them one at a time"):
+        import_mvot(both, tmp_path / "o")
+    assert not (tmp_path / "o").exists()

@@ -72,3 +72,16 @@ def test_serve_without_a_server_says_how_to_start_one(monkeypatch, capsys):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     assert main([]) == 1
     assert "prefect server start" in capsys.readouterr().err
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # discard port: nothing listens
+    assert main(["--register-only", "--nightly-cron", "0 2 * *"]) == 1
+    assert "Invalid cron string" in capsys.readouterr().err
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}  # its own process: no test harness's server
+    done = subprocess.run([sys.executable, "-m", "flows.serve", "--register-only"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "the Prefect server at http://127.0.0.1:9/api did not answer" in done.stderr

@@ -18,6 +18,15 @@ def test_solve_an_instance_file(tiny_overfit, tmp_path, capsys):
     gif = Image.open(gifs[0])
     assert gif.n_frames >= 2  # the initial state, then at least one thought
 
+    # an imported id may hold a path separator: the pictures still go into --out, one file each
+    import json
+
+    record = json.loads(inst_file.read_text().splitlines()[0]) | {"id": "level3/0 x"}
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text(json.dumps(record) + "\n")
+    assert main(["solve", str(odd), "--model", str(model_dir), "--out", str(tmp_path / "odd")]) == 0
+    assert sorted(p.name for p in (tmp_path / "odd").iterdir()) == ["level3_0_x.strip.png", "level3_0_x.thoughts.gif"]
+
 
 def test_solve_an_image_and_actions(tiny_overfit, tmp_path, capsys):
     from mvot.data import read_split
@@ -64,6 +73,17 @@ def test_solve_refuses_bad_input(tiny_overfit, tmp_path, capsys, monkeypatch):
 
     assert main(["solve", str(raw / "frozenlake" / "test.jsonl"), "--model", str(tmp_path)]) == 1
     assert "no config.json" in capsys.readouterr().err
+
+    import pytest
+    import torch
+
+    from mvot.generate import DecodeError, load_model
+
+    if not torch.cuda.is_available():
+        with pytest.raises(DecodeError, match="this torch has no usable CUDA device"):
+            load_model(model_dir, device="cuda")
+    with pytest.raises(DecodeError, match="not a torch device"):
+        load_model(model_dir, device="gpu0")
 
 
 def test_prompt_follows_the_models_index_hints(tiny_overfit):

@@ -90,6 +90,9 @@ def test_missing_or_corrupt_token_arrays(tokenized, tmp_path):
     np.save(d / "maze" / "val" / "mvot" / "image.npy", np.zeros(3, bool))
     with pytest.raises(data.DataError, match="disagree in length"):
         load_split(d, "maze", "val", "mvot")
+    (d / "maze" / "val" / "mvot" / "tokens.npy").write_bytes(b"")  # a shard cut off at zero bytes
+    with pytest.raises(data.DataError, match="corrupt token arrays .*dvc repro -f tokenize"):
+        load_split(d, "maze", "val", "mvot")
 
 
 def test_tokenizer_run_is_tracked_in_mlflow(tiny_generated, raw_params, tmp_path):

@@ -377,6 +377,13 @@ def test_cli_train_logs_to_mlflow(tiny_tokens, tiny_generated, raw_params, tmp_p
     assert main(args) == 1
     assert "cannot resume mvot: the checkpoint in" in capsys.readouterr().err
     assert len(client.search_runs([client.get_experiment_by_name("train").experiment_id])) == 1
+    # every run is checked before the first trains: here the second has no checkpoint
+    raw["train"]["lr"] *= 2
+    raw["train"]["runs"]["other"] = {"variant": "cot", "ld_weight": 0.0}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert main(args) == 1
+    out = capsys.readouterr()
+    assert "cannot resume other: no checkpoint in" in out.err and out.out == ""
 
 
 def test_unreachable_tracking_server_fails_fast(tiny_tokens, monkeypatch, capsys):
