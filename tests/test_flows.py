@@ -69,13 +69,18 @@ def test_train_task_continues_a_cut_run_in_its_mlflow_run(tiny_tokens, raw_param
                   checkpoint_dir=ckpt, keep_checkpoint=False)
     assert json.loads((ckpt / "state.json").read_text())["step"] == 2
     shutil.rmtree(tmp_path / "runs" / "mvot")
+    train_run(load_params(params_file), "mvot", tokens_dir, tok_dir, tmp_path / "runs", checkpoint_dir=ckpt, progress=False,
+              resume=True, stop_after=2)  # an untracked resume in between: its checkpoint still names the MLflow run
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == 4 and state["mlflow_run_id"] == first_id
+    shutil.rmtree(tmp_path / "runs" / "mvot")
     limit = raw["evaluate"]["limit"]
     raw["evaluate"]["limit"] = limit + 3  # not part of the training: the run continues, and records the change
     params_file.write_text(yaml.safe_dump(raw))
     out = train_one.fn(*args, str(tmp_path / "runs"), True, str(tmp_path / "ck"))
-    assert out["resumed_from_step"] == 2 and out["step"] == 6 and out["mlflow_run_id"] == first_id
+    assert out["resumed_from_step"] == 4 and out["step"] == 6 and out["mlflow_run_id"] == first_id
     assert out["tokens"] == whole["tokens"]  # counted over both processes
-    assert "train mvot: resuming from step 2 of 6" in capsys.readouterr().err
+    assert "train mvot: resuming from step 4 of 6" in capsys.readouterr().err
     assert not ckpt.exists()
     a = load_file(str(tmp_path / "whole" / "mvot" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "runs" / "mvot" / "model" / "model.safetensors"))
@@ -83,7 +88,7 @@ def test_train_task_continues_a_cut_run_in_its_mlflow_run(tiny_tokens, raw_param
     with (tmp_path / "runs" / "mvot" / "curve.csv").open() as fh:
         assert [int(r["step"]) for r in csv.DictReader(fh)] == [1, 2, 3, 4, 5, 6]
     history = mlflow.MlflowClient().get_metric_history(first_id, "loss/total")
-    assert sorted(m.step for m in history) == [1, 2, 3, 3, 4, 5, 6]
+    assert sorted(m.step for m in history) == [1, 2, 3, 5, 6]  # steps 3 and 4 again untracked
     run = mlflow.get_run(first_id)
     assert run.info.status == "FINISHED" and run.data.params["evaluate.limit"] == str(limit)
     changed = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/params_changed_on_resume.json")
