@@ -122,7 +122,7 @@ def resolve_params(params_path: str, profile: str | None, sets: list[str]) -> tu
     if not isinstance(raw, dict):
         raise PipelineError(f"{params_path}: a params file is a mapping of sections (data:, train:, ...), not "
                             f"{'an empty file' if raw is None else 'a ' + type(raw).__name__}; "
-                            "restore it with `git checkout params.yaml`")
+                            "give the params file of the repository (params.yaml) or a copy of it")
     name = None
     if profile:
         name, overrides = _profile_overrides(profile)

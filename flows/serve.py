@@ -61,18 +61,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"flows.serve: error: {exc}; a cron string has five fields, e.g. --nightly-cron '0 2 * * *'", file=sys.stderr)
         return 1
-    try:
-        if args.register_only:
-            for d in deps:
-                print(f"registered deployment {d.name}: {d.apply()}")
-            return 0
-        from prefect import serve
-
-        serve(*deps)
-    except (httpx.HTTPError, OSError, RuntimeError) as exc:  # a refused connection, an API error (Prefect's are httpx's)
-        print(f"flows.serve: error: the Prefect server at {os.environ['PREFECT_API_URL']} did not answer ({exc}); "
+    url = os.environ["PREFECT_API_URL"].rstrip("/")
+    try:  # one look before anything is registered or served
+        httpx.get(f"{url}/health", timeout=10).raise_for_status()
+    except httpx.HTTPError as exc:
+        print(f"flows.serve: error: the Prefect server at {url} did not answer ({exc}); "
               "start it with `prefect server start --host 127.0.0.1` or fix PREFECT_API_URL", file=sys.stderr)
         return 1
+    if args.register_only:
+        for name, dep_id in register(args.nightly_cron, args.weekly_cron).items():
+            print(f"registered deployment {name}: {dep_id}")
+        return 0
+    from prefect import serve
+
+    serve(*deps)
     return 0
 
 

@@ -22,7 +22,8 @@ sweep (say from one seed to three) runs only the new trials. Running the sweep a
 continues its parent run (sweeps/<name>/tracking.json), so every trial of a sweep sits
 under one parent however many processes it took: child runs a stopped process left
 RUNNING are marked KILLED, and a trial cut off mid-training continues its own child run
-from its checkpoint. Delete sweeps/<name>/ to start over.
+from its checkpoint. One process at a time per sweep directory (sweeps/<name>/.lock): a
+second stops at once. Delete sweeps/<name>/ to start over.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import yaml
@@ -48,8 +50,6 @@ from mvot.checkpoint import (
     CKPT,
     recover,
     remove,
-    resumable,
-    training_fingerprint,
 )
 from mvot.config import TASKS, parse_params
 from mvot.errors import MvotError
@@ -184,14 +184,41 @@ def _task_scores(metrics_dir: Path) -> dict[str, dict]:
 PARENT_FILE = "tracking.json"  # sweeps/<name>/tracking.json: the sweep's MLflow parent run, continued by a rerun
 
 
-def _earlier_parent(sweep_dir: Path) -> str | None:
-    """The MLflow parent run an earlier process of this sweep started (``None`` when there is
-    none or its record is unreadable; a run no longer in the store is replaced by ``start_run``)."""
+def _earlier_parent(sweep_dir: Path, uri: str) -> str | None:
+    """The MLflow parent run an earlier process of this sweep started in the store at ``uri``
+    (``None`` when there is none, it was another store's, or its record is unreadable; a run no
+    longer in the store is replaced by ``start_run``)."""
     try:
-        run_id = json.loads((sweep_dir / PARENT_FILE).read_text()).get("parent_run_id")
+        record = json.loads((sweep_dir / PARENT_FILE).read_text())
+        run_id = record.get("parent_run_id") if record.get("tracking_uri") == uri else None
     except (OSError, ValueError, AttributeError):
         return None
     return run_id if isinstance(run_id, str) and run_id else None
+
+
+@contextmanager
+def _one_process(sweep_dir: Path, name: str):
+    """Held while a sweep runs: a second process on the same sweep directory (a scheduled run
+    overlapping a long one) stops at once instead of training the same trials beside it."""
+    import fcntl
+
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with (sweep_dir / ".lock").open("a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            raise PipelineError(f"sweep {name}: another process is running it ({fh.read().strip() or 'pid unknown'}); "
+                                f"wait for it to end, or stop it, then run the sweep again") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {platform.node()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -230,7 +257,9 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
         recover(ckpt)
         resume = same_training and not rescore and ckpt.exists()
         if resume:  # only from a whole checkpoint of this training (one without a fingerprint, from before there were, as it is)
-            state, why = resumable(ckpt, training_fingerprint(parse_params(trial, "trial"), "trial", tokens, tokenizer), legacy=True)
+            from mvot.runs import resume_plan  # here: the flow's own process does not load torch
+
+            state, _, why = resume_plan(parse_params(trial, "trial"), "trial", tokens, tokenizer, ckpt, legacy=True)
             if state is None:
                 with (d / "log.txt").open("a") as fh:
                     fh.write(f"not resuming ({why}); starting afresh\n")
@@ -269,9 +298,7 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
             row |= {"hardware": trained["hardware"], "torch": trained.get("torch")}
         if rescore:
             params_file.replace(d / "params.yaml")
-        tmp = done.with_suffix(".tmp")
-        tmp.write_text(json.dumps(row, indent=1))
-        tmp.replace(done)  # written last: a trial cut off midway is run again
+        _write_json(done, row)  # written last: a trial cut off midway is run again
     except (MvotError, ValueError, OSError) as exc:
         row["error"] = str(exc)[:2000]
     return row
@@ -290,8 +317,9 @@ def sweep_flow(params_path: str = "params.yaml", sets: list[str] | None = None, 
     uri = default_uri(root)
     if track:
         check_reachable(uri)  # before any training
-    earlier = _earlier_parent(Path(sweep_dir)) if track else None
-    with start_run("sweep", params.sweep.name, root, run_id=earlier) if track else nullcontext(NullTracker()) as parent:
+    earlier = _earlier_parent(Path(sweep_dir), uri) if track else None
+    with _one_process(Path(sweep_dir), params.sweep.name), \
+            start_run("sweep", params.sweep.name, root, run_id=earlier) if track else nullcontext(NullTracker()) as parent:
         if track:
             _write_json(Path(sweep_dir) / PARENT_FILE, {"parent_run_id": parent.run_id, "tracking_uri": uri})
         if parent.continued:  # trials this sweep's last process left RUNNING; those that resume reopen theirs

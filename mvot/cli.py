@@ -260,14 +260,14 @@ def _resume_plan(args: argparse.Namespace, params, run: str) -> tuple[dict | Non
     repairs a checkpoint swap cut off midway; ``train`` makes the others wait for it)."""
     import os
 
-    from mvot.checkpoint import CKPT, resumable, training_fingerprint
+    from mvot.checkpoint import CKPT
+    from mvot.runs import resume_plan
     from mvot.train import TrainError
 
     if os.environ.get("RANK", "0") != "0":
         return None, None
     ckpt = Path(args.out) / run / CKPT
-    fingerprint = training_fingerprint(params, run, args.tokens, args.tokenizer)
-    state, why = resumable(ckpt, fingerprint, legacy=True)  # one from before fingerprints: as it is
+    state, fingerprint, why = resume_plan(params, run, args.tokens, args.tokenizer, ckpt, legacy=True)
     if state is None:
         raise TrainError(f"cannot resume {run}: {why}; start afresh without --resume, or delete {ckpt}")
     return fingerprint, state.get("mlflow_run_id")

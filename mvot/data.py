@@ -298,7 +298,9 @@ def contact_sheet(insts: list[Instance], renderer: Renderer, scale: int = 2) -> 
 # The stage
 
 
-def _replace_atomically(tmp: Path, final: Path) -> None:
+def replace_atomically(tmp: Path, final: Path) -> None:
+    """``tmp`` (a file or folder) becomes ``final``; an old ``final`` waits beside it as
+    ``<final>.old`` until then (:func:`recover_replaced` puts it back after a kill between)."""
     if final.exists():
         old = final.with_name(final.name + ".old")
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
@@ -307,6 +309,18 @@ def _replace_atomically(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
     else:
         tmp.rename(final)
+
+
+def recover_replaced(final: Path) -> None:
+    """After a kill between the two renames of :func:`replace_atomically`: the old ``final`` back in place."""
+    old = final.with_name(final.name + ".old")
+    if not final.exists() and old.exists():
+        old.rename(final)
+
+
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file (if any) standing where ``folder`` or one of its parents should be."""
+    return next((f for f in (folder, *folder.parents) if f.exists() and not f.is_dir()), None)
 
 
 def generate_task(
@@ -349,7 +363,7 @@ def generate_task(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _replace_atomically(tmp, final)
+    replace_atomically(tmp, final)
     os.replace(sheet_tmp, sheet_dir / f"{task}.png")
     os.replace(stats_tmp, stats_dir / f"{task}.json")
     return stats

@@ -414,7 +414,18 @@ def _write_strips(directory: Path, renderer: Renderer, insts, records, pictures,
         for i in picks:
             r = records[i]
             title = f"{r.uid}: true {r.gold}, answered {r.pred or '?'}; top true, bottom drawn"
-            strip(renderer, list(insts[i].states[1:]), pictures[i], title, scale=1).save(directory / f"{tag}-{r.uid}.png")
+            strip(renderer, list(insts[i].states[1:]), pictures[i], title, scale=1).save(directory / f"{tag}-{file_stem(r.uid)}.png")
+
+
+def file_stem(uid: str) -> str:
+    """A file name for instance ``uid`` inside one folder: ``uid`` itself when it is plain, else
+    its unsafe characters (an imported id may hold "/" or spaces) replaced and a short hash
+    added, so two ids never share a name."""
+    import hashlib
+    import re
+
+    stem = re.sub(r"[^\w.-]", "_", uid).lstrip(".") or "_"
+    return stem if stem == uid else f"{stem}-{hashlib.sha256(uid.encode()).hexdigest()[:8]}"
 
 
 def evaluate_combined(params, out_dir: str | Path = "eval", metrics_dir: str | Path = "metrics", plots_dir: str | Path = "plots") -> dict:
@@ -447,15 +458,24 @@ def evaluate_combined(params, out_dir: str | Path = "eval", metrics_dir: str | P
         for size in sorted(table):
             lines.append(f"{size}," + ",".join("" if table[size].get(r) is None else str(table[size][r]) for r in params.train.runs))
         files[csv] = "\n".join(lines) + "\n"
+    from mvot.data import file_in_the_way
+
     folders = list(dict.fromkeys(path.parent for path in files))
     for folder in folders:  # every folder checked before any is made: a file in the way writes nothing
-        blocker = next((f for f in (folder, *folder.parents) if f.exists() and not f.is_dir()), None)
-        if blocker is not None:
+        if (blocker := file_in_the_way(folder)) is not None:
             raise ConfigError(f"{blocker}: a file is in the way of folder {folder}; give --metrics and --plots folders")
-    for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
-    for path, text in files.items():
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
+        if any((folder / p.name).is_dir() for p in files if p.parent == folder):
+            raise ConfigError(f"{folder}: holds a folder where a metrics or plot file goes; move it away")
+    tmps = {path: path.with_name(f".{path.name}.tmp") for path in files}
+    try:  # every file written aside first, then each renamed into place
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+        for path, text in files.items():
+            tmps[path].write_text(text)
+    except OSError:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    for path, tmp in tmps.items():
         tmp.replace(path)
     return results

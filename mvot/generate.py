@@ -398,5 +398,7 @@ def load_model(directory: str | Path, device: str | None = None) -> LoadedModel:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DecodeError(f"device {device!r}: this torch has no usable CUDA device; leave the device out (the GPU when there is "
                           "one, else the CPU) or give --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DecodeError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
     return LoadedModel(model.to(dev).eval(), vocab, load_text_tokenizer(d / "tokenizer"), d, meta)
 

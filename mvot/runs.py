@@ -20,12 +20,13 @@ from mvot.train import train
 
 
 def resume_plan(params: Params, run: str, tokens_dir: str | Path, tokenizer_dir: str | Path,
-                checkpoint_dir: str | Path) -> tuple[dict | None, dict[str, str], str]:
+                checkpoint_dir: str | Path, legacy: bool = False) -> tuple[dict | None, dict[str, str], str]:
     """Whether run ``run`` may continue from the checkpoint in ``checkpoint_dir``:
     ``(state or None, the run's fingerprint, why not)``. The state holds the step and, for a
-    tracked run, the MLflow run to continue (``mlflow_run_id``)."""
+    tracked run, the MLflow run to continue (``mlflow_run_id``). With ``legacy``, a whole
+    checkpoint from before checkpoints had fingerprints is continued as it is."""
     fingerprint = training_fingerprint(params, run, tokens_dir, tokenizer_dir)
-    state, why = resumable(checkpoint_dir, fingerprint)
+    state, why = resumable(checkpoint_dir, fingerprint, legacy=legacy)
     return state, fingerprint, why
 
 

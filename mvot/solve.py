@@ -10,7 +10,6 @@ encoded by the model's own frozen VQ tokenizer, then ``\\nResponse: ``.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,7 +144,7 @@ def solve(lm: LoadedModel, problems: list[Problem], batch_size: int = 16, temper
 def write_visuals(sol: Solution, renderer: Renderer, out_dir: str | Path) -> dict[str, Path]:
     """``<uid>.strip.png`` (initial state, then each thought; the true states above when
     known) and ``<uid>.thoughts.gif`` (the thoughts as an animation)."""
-    from mvot.evaluate import strip
+    from mvot.evaluate import file_stem, strip
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,7 +152,7 @@ def write_visuals(sol: Solution, renderer: Renderer, out_dir: str | Path) -> dic
     truth = list(p.instance.states[1:]) if p.instance else []
     title = f"{p.uid}: answer {sol.answer or '?'}" + (f" (true {p.instance.answer})" if p.instance else "")
     title += "; top true, bottom drawn" if truth else ""
-    name = re.sub(r"[^\w.-]", "_", p.uid)  # an imported id may hold "/" or spaces: one file in out_dir whatever it is
+    name = file_stem(p.uid)  # an imported id may hold "/" or spaces: one file in out_dir whatever it is
     strip_png = out_dir / f"{name}.strip.png"
     if truth:
         strip(renderer, truth, sol.drawn, title).save(strip_png)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -34,7 +33,7 @@ from PIL import Image
 
 from mvot import vq
 from mvot.config import TASKS, Params, TokenizerConfig
-from mvot.data import iter_images, read_split
+from mvot.data import file_in_the_way, iter_images, read_split, recover_replaced, replace_atomically
 from mvot.render import Renderer
 from mvot.traces import VARIANTS, build
 from mvot.vocab import Vocab
@@ -245,34 +244,22 @@ def run_stage(params: Params, raw_dir: str | Path, out_dir: str | Path, metrics_
 
 
 def _staging_dir(out_dir: Path, metrics_path: Path) -> Path:
-    """A fresh folder beside ``out_dir`` the tokenizers are written into, then swapped in whole."""
+    """``<out>.tmp``, empty: the tokenizers are written there, then swapped in for ``out_dir`` whole
+    (an old ``out_dir`` that a kill mid-swap left aside is put back first)."""
     for p in (out_dir, metrics_path.parent):
-        blocker = next((f for f in (p, *p.parents) if f.exists() and not f.is_dir()), None)
-        if blocker is not None:
+        if (blocker := file_in_the_way(p)) is not None:
             raise vq.CheckpointError(f"{blocker}: a file is in the way of folder {p}; give --out and --metrics folders that can be made")
+    if metrics_path.is_dir():
+        raise vq.CheckpointError(f"{metrics_path}: a folder, not a file; give --metrics a file name")
+    staging = out_dir.with_name(out_dir.name + ".tmp")
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        recover_replaced(out_dir)
+        shutil.rmtree(staging, ignore_errors=True)  # what a killed run left
+        staging.mkdir(parents=True)
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        staging.chmod(0o755)  # mkdtemp's 0700 would become the tokenizer folder's
-        return staging
     except OSError as exc:
         raise vq.CheckpointError(f"{out_dir}: cannot write the tokenizers there ({exc}); give --out a writable folder") from None
-
-
-def _swap_in(staging: Path, out_dir: Path) -> None:
-    """``staging`` becomes ``out_dir``; an old ``out_dir`` is kept aside until then, so a failure leaves it whole."""
-    old = out_dir.with_name(f".{out_dir.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        out_dir.rename(old)
-    try:
-        staging.rename(out_dir)
-    except OSError:
-        if old.exists():
-            old.rename(out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    return staging
 
 
 def _run_stage(params: Params, raw_dir: Path, out_dir: Path, metrics_path: Path, tracker, staging: Path) -> dict:
@@ -316,9 +303,9 @@ def _run_stage(params: Params, raw_dir: Path, out_dir: Path, metrics_path: Path,
         "vocab_size": vocab.size,
         "seconds": {"collect_patches": round(t1 - t0, 1), "train_vq": round(t2 - t1, 1), "measure_and_text": round(t3 - t2, 1)},
     }
+    replace_atomically(staging, out_dir)  # the tokenizers, then their metrics: each whole or as it was
     tmp = metrics_path.with_name(f".{metrics_path.name}.tmp")
     tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    _swap_in(staging, out_dir)  # the tokenizers, then their metrics: each whole or as it was
     tmp.replace(metrics_path)
     flat = {f"fidelity/{t}/{k}": v for t, d in fidelity.items() for k, v in d.items() if k != "frames"}
     tracker.log_metrics(flat | {f"codebook/{k}": v for k, v in metrics["codebook"].items()})

@@ -164,7 +164,8 @@ def test_corrupt_tracking_record_and_generate_into_a_file(tiny_params, tmp_path)
     assert not (tmp_path / "stats").exists()
 
 
-def test_tokenizers_are_swapped_in_whole_and_a_blocked_out_fails_before_training(tiny_tokenizer, tiny_generated, tmp_path):
+def test_tokenizers_are_swapped_in_whole_and_a_blocked_out_fails_before_training(tiny_tokenizer, tiny_generated, tmp_path,
+                                                                                   monkeypatch):
     from mvot.tokenizers import run_stage
     from mvot.vq import CheckpointError
 
@@ -174,6 +175,24 @@ def test_tokenizers_are_swapped_in_whole_and_a_blocked_out_fails_before_training
     with pytest.raises(CheckpointError, match="afile: a file is in the way"):
         run_stage(params, tiny_generated[0] / "raw", tmp_path / "afile" / "tokenizer", tmp_path / "m" / "tokenizer.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+    # a failure after the staging folder was made leaves the old tokenizers as they were; so does a kill
+    # between the swap's two renames (the old folder waits as tokenizer.old, put back by the next run)
+    import mvot.tokenizers
+
+    out = tmp_path / "models" / "tokenizer"
+    shutil.copytree(tok_dir, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    out.rename(out.with_name("tokenizer.old"))
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(mvot.tokenizers, "train_vq", fails)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_stage(params, tiny_generated[0] / "raw", out, tmp_path / "metrics" / "tokenizer.json")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tokenizer"] and not (tmp_path / "metrics" / "tokenizer.json").exists()
 
 
 def test_batch_sizes_below_one_are_refused_by_the_parser(capsys):

@@ -25,7 +25,11 @@ def test_solve_an_instance_file(tiny_overfit, tmp_path, capsys):
     odd = tmp_path / "odd.jsonl"
     odd.write_text(json.dumps(record) + "\n")
     assert main(["solve", str(odd), "--model", str(model_dir), "--out", str(tmp_path / "odd")]) == 0
-    assert sorted(p.name for p in (tmp_path / "odd").iterdir()) == ["level3_0_x.strip.png", "level3_0_x.thoughts.gif"]
+    from mvot.evaluate import file_stem
+
+    stem = file_stem("level3/0 x")
+    assert stem.startswith("level3_0_x-") and stem != file_stem("level3_0 x") and file_stem("maze-test-000001") == "maze-test-000001"
+    assert sorted(p.name for p in (tmp_path / "odd").iterdir()) == [f"{stem}.strip.png", f"{stem}.thoughts.gif"]
 
 
 def test_solve_an_image_and_actions(tiny_overfit, tmp_path, capsys):

@@ -314,6 +314,23 @@ def test_trial_reuse_compares_validated_params(raw_params, tmp_path):
     assert not _same_trial(path, raw_params)
 
 
+def test_a_second_process_on_one_sweep_is_refused(prefect_harness, sweep_root):
+    import fcntl
+
+    from flows.pipeline import PipelineError
+    from flows.sweep import run_sweep
+
+    lock = sweep_root / "sweeps" / "t" / ".lock"
+    lock.parent.mkdir(parents=True)
+    with lock.open("a+") as fh:  # as the first process holds it
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fh.write("pid 12345 on elsewhere\n")
+        fh.flush()
+        with pytest.raises(PipelineError, match=r"sweep t: another process is running it \(pid 12345 on elsewhere\)"):
+            run_sweep(str(sweep_root / "params.yaml"), ["sweep.grid.seed=[0]"], track=False)
+    assert not (sweep_root / "sweeps" / "t" / "trials").exists()
+
+
 def test_failed_trial_is_reported_not_lost(prefect_harness, sweep_root):
     from flows.sweep import run_sweep
 
