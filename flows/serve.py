@@ -41,9 +41,9 @@ def deployments(nightly_cron: str = NIGHTLY_CRON, weekly_cron: str = WEEKLY_CRON
     ]
 
 
-def register(nightly_cron: str = NIGHTLY_CRON, weekly_cron: str = WEEKLY_CRON) -> dict[str, str]:
-    """Register both deployments with the server at PREFECT_API_URL; {name: deployment id}."""
-    return {d.name: str(d.apply()) for d in deployments(nightly_cron, weekly_cron)}
+def register(deps: list) -> dict[str, str]:
+    """Register the deployments (:func:`deployments`) with the server at PREFECT_API_URL; {name: deployment id}."""
+    return {d.name: str(d.apply()) for d in deps}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
               "start it with `prefect server start --host 127.0.0.1` or fix PREFECT_API_URL", file=sys.stderr)
         return 1
     if args.register_only:
-        for name, dep_id in register(args.nightly_cron, args.weekly_cron).items():
+        for name, dep_id in register(deps).items():
             print(f"registered deployment {name}: {dep_id}")
         return 0
     from prefect import serve

@@ -52,6 +52,7 @@ from mvot.checkpoint import (
     remove,
 )
 from mvot.config import TASKS, parse_params
+from mvot.data import write_atomically
 from mvot.errors import MvotError
 from mvot.sweep import (
     CONFIG_KEYS,
@@ -221,13 +222,6 @@ def _one_process(sweep_dir: Path, name: str):
             fh.truncate()
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
-
-
 @task(name="sweep-trial", task_run_name="trial-{key}", cache_policy=NO_CACHE)
 def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: str, sweep_dir: str,
               parent_run_id: str | None, tracking_uri: str | None, concurrent: int = 1) -> dict:
@@ -298,7 +292,7 @@ def run_trial(key: str, t: dict, raw: dict, tokens: str, tokenizer: str, root: s
             row |= {"hardware": trained["hardware"], "torch": trained.get("torch")}
         if rescore:
             params_file.replace(d / "params.yaml")
-        _write_json(done, row)  # written last: a trial cut off midway is run again
+        write_atomically(done, json.dumps(row, indent=1) + "\n")  # written last: a trial cut off midway is run again
     except (MvotError, ValueError, OSError) as exc:
         row["error"] = str(exc)[:2000]
     return row
@@ -321,7 +315,7 @@ def sweep_flow(params_path: str = "params.yaml", sets: list[str] | None = None, 
     with _one_process(Path(sweep_dir), params.sweep.name), \
             start_run("sweep", params.sweep.name, root, run_id=earlier) if track else nullcontext(NullTracker()) as parent:
         if track:
-            _write_json(Path(sweep_dir) / PARENT_FILE, {"parent_run_id": parent.run_id, "tracking_uri": uri})
+            write_atomically(Path(sweep_dir) / PARENT_FILE, json.dumps({"parent_run_id": parent.run_id, "tracking_uri": uri}) + "\n")
         if parent.continued:  # trials this sweep's last process left RUNNING; those that resume reopen theirs
             for run_id in close_unfinished_children(parent.run_id, uri):
                 print(f"sweep {params.sweep.name}: MLflow run {run_id} of a trial cut off earlier marked KILLED",

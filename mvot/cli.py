@@ -47,17 +47,23 @@ def _print_stats(stats: dict) -> None:
         print(f"  {split:5s} n={s['instances']:6d} layouts={s['distinct_layouts']:6d} answers[{answers}] sizes[{sizes}] steps~{s['steps_mean']}")
 
 
+def _first_process() -> bool:
+    """Not a torchrun process other than the first (each of which trains but neither tracks nor checks)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _tracked(args: argparse.Namespace, experiment: str, run_name: str, parent_run_id: str | None = None,
              run_id: str | None = None):
     """An MLflow run (embedded sqlite store unless MLFLOW_TRACKING_URI says otherwise; with
     ``run_id``, that run continued), or a null tracker with --no-track and in every torchrun
     process but the first."""
-    import os
     from contextlib import nullcontext
 
     from mvot.tracking import NullTracker, start_run
 
-    if args.no_track or os.environ.get("RANK", "0") != "0":
+    if args.no_track or not _first_process():
         return nullcontext(NullTracker())
     return start_run(experiment, run_name, parent_run_id=parent_run_id, run_id=run_id)
 
@@ -258,13 +264,11 @@ def _resume_plan(args: argparse.Namespace, params, run: str) -> tuple[dict | Non
     ``<out>/<run>/checkpoint``, checked before any training or tracking run starts; raises
     with what changed otherwise. Under torchrun only the first process looks (it alone
     repairs a checkpoint swap cut off midway; ``train`` makes the others wait for it)."""
-    import os
-
     from mvot.checkpoint import CKPT
     from mvot.runs import resume_plan
     from mvot.train import TrainError
 
-    if os.environ.get("RANK", "0") != "0":
+    if not _first_process():
         return None, None
     ckpt = Path(args.out) / run / CKPT
     state, fingerprint, why = resume_plan(params, run, args.tokens, args.tokenizer, ckpt, legacy=True)
@@ -274,7 +278,6 @@ def _resume_plan(args: argparse.Namespace, params, run: str) -> tuple[dict | Non
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import os
     from contextlib import nullcontext
 
     from mvot.runs import evaluate_tracked, tracking_info
@@ -295,7 +298,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not (Path(args.runs) / run / "model" / "config.json").is_file():
             raise CliError(f"{args.runs}/{run}/model: no trained model; run `dvc repro train@{run}` first")
     for run in runs:
-        track = not args.no_track and os.environ.get("RANK", "0") == "0"
+        track = not args.no_track and _first_process()
         # evaluation lands in the training run of the model, when there is one
         ctx = start_run("train", run, run_id=tracking_info(Path(args.runs) / run).get("run_id")) if track else nullcontext(NullTracker())
         with ctx as tracker:

@@ -311,6 +311,14 @@ def replace_atomically(tmp: Path, final: Path) -> None:
         tmp.rename(final)
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """``text`` into ``path`` (its folder made), written aside first: a reader sees the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def recover_replaced(final: Path) -> None:
     """After a kill between the two renames of :func:`replace_atomically`: the old ``final`` back in place."""
     old = final.with_name(final.name + ".old")

@@ -464,8 +464,8 @@ def evaluate_combined(params, out_dir: str | Path = "eval", metrics_dir: str | P
     for folder in folders:  # every folder checked before any is made: a file in the way writes nothing
         if (blocker := file_in_the_way(folder)) is not None:
             raise ConfigError(f"{blocker}: a file is in the way of folder {folder}; give --metrics and --plots folders")
-        if any((folder / p.name).is_dir() for p in files if p.parent == folder):
-            raise ConfigError(f"{folder}: holds a folder where a metrics or plot file goes; move it away")
+    if taken := [p for p in files if p.is_dir()]:
+        raise ConfigError(f"{taken[0]}: a folder where a metrics or plot file goes; move it away")
     tmps = {path: path.with_name(f".{path.name}.tmp") for path in files}
     try:  # every file written aside first, then each renamed into place
         for folder in folders:

@@ -33,7 +33,14 @@ from PIL import Image
 
 from mvot import vq
 from mvot.config import TASKS, Params, TokenizerConfig
-from mvot.data import file_in_the_way, iter_images, read_split, recover_replaced, replace_atomically
+from mvot.data import (
+    file_in_the_way,
+    iter_images,
+    read_split,
+    recover_replaced,
+    replace_atomically,
+    write_atomically,
+)
 from mvot.render import Renderer
 from mvot.traces import VARIANTS, build
 from mvot.vocab import Vocab
@@ -304,9 +311,7 @@ def _run_stage(params: Params, raw_dir: Path, out_dir: Path, metrics_path: Path,
         "seconds": {"collect_patches": round(t1 - t0, 1), "train_vq": round(t2 - t1, 1), "measure_and_text": round(t3 - t2, 1)},
     }
     replace_atomically(staging, out_dir)  # the tokenizers, then their metrics: each whole or as it was
-    tmp = metrics_path.with_name(f".{metrics_path.name}.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    tmp.replace(metrics_path)
+    write_atomically(metrics_path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     flat = {f"fidelity/{t}/{k}": v for t, d in fidelity.items() for k, v in d.items() if k != "frames"}
     tracker.log_metrics(flat | {f"codebook/{k}": v for k, v in metrics["codebook"].items()})
     tracker.log_image(sheet, "reconstructions.png")
