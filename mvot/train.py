@@ -47,6 +47,7 @@ from mvot.checkpoint import (
     training_fingerprint,
 )
 from mvot.config import Params
+from mvot.data import replace_atomically
 from mvot.errors import MvotError
 from mvot.losses import token_discrepancy_loss
 from mvot.model import count_parameters, from_pretrained, from_scratch
@@ -585,13 +586,20 @@ def train(
 
 def save_model(model, vocab: Vocab, tokenizer_dir: Path, directory: Path, meta: dict | None = None) -> None:
     """The final model directory: weights (safetensors), config, both tokenizers and
-    ``mvot.json`` (run, variant, tasks: what decoding needs to know)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    ``mvot.json`` (run, variant, tasks: what decoding needs to know). Written to
+    ``<directory>.tmp`` and swapped in whole: a kill or a full disk leaves the old model (or
+    none), never a directory that loads with half its files."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    if tmp.exists():  # left by a save that was cut off
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
     if hasattr(model, "merge_and_unload"):  # LoRA: ship merged full weights
         model = model.merge_and_unload()
-    model.save_pretrained(str(directory), safe_serialization=True)
-    (directory / "mvot.json").write_text(json.dumps(meta or {}, indent=2, sort_keys=True) + "\n")
-    tok = directory / "tokenizer"
-    tok.mkdir(exist_ok=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    (tmp / "mvot.json").write_text(json.dumps(meta or {}, indent=2, sort_keys=True) + "\n")
+    tok = tmp / "tokenizer"
+    tok.mkdir()
     for name in TOKENIZER_FILES:
         shutil.copy2(tokenizer_dir / name, tok / name)
+    replace_atomically(tmp, directory)

@@ -512,3 +512,33 @@ def test_bad_input_image_arrays_and_a_failed_run_keeps_the_last_curve(tiny_token
     with pytest.raises(TrainError):
         train_run(p, "run", bad, tok_dir, tmp_path / "runs", progress=False)
     assert curve.read_text() == "step,loss/total\n5,1.0\n"
+
+
+def test_final_model_is_swapped_in_whole(tmp_path):
+    """save_model writes aside and swaps: a save that fails midway (here: a tokenizer file
+    missing) leaves the previous model loadable, and a good save replaces it with no leftovers."""
+    import json
+    import shutil
+
+    from mvot.model import from_scratch
+    from mvot.train import TOKENIZER_FILES, save_model
+    from mvot.vocab import Vocab
+
+    vocab = Vocab(n_text=40, n_codes=8, tokens_per_image={"maze": 4})
+    model = from_scratch(vocab, d_model=32, n_layer=1, n_head=2, d_ff=64, max_len=128)
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    for name in TOKENIZER_FILES:
+        (tok / name).write_text(name)
+    out = tmp_path / "run" / "model"
+    save_model(model, vocab, tok, out, {"steps": 1})
+    (tok / TOKENIZER_FILES[-1]).unlink()
+    with pytest.raises(FileNotFoundError):
+        save_model(model, vocab, tok, out, {"steps": 2})
+    assert json.loads((out / "mvot.json").read_text()) == {"steps": 1}  # the old model, whole
+    assert sorted(p.name for p in (out / "tokenizer").iterdir()) == sorted(TOKENIZER_FILES)
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    shutil.copy2(out / "tokenizer" / TOKENIZER_FILES[-1], tok / TOKENIZER_FILES[-1])
+    save_model(model, vocab, tok, out, {"steps": 3})  # the cut-off save's folder is cleared first
+    assert json.loads((out / "mvot.json").read_text()) == {"steps": 3}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model"]
