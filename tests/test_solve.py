@@ -128,3 +128,23 @@ def test_renderer_follows_the_models_drawing(tmp_path):
     older = LoadedModel(None, None, None, tmp_path, {"render": {"minibehavior": geo}})
     assert "floor_reach" in renderer_of(framed, "minibehavior").painter.all_keys()
     assert "floor_reach" not in renderer_of(older, "minibehavior").painter.all_keys()
+
+
+def test_model_dir_of_a_run_folder_skips_a_cut_off_save(tmp_path):
+    """A run folder resolves to its model; a `.tmp` (being written) or `.old` (being replaced)
+    folder left by a save cut off midway is never taken for it, and the error says so."""
+    import pytest
+
+    from mvot.tracking import TrackingError, resolve_model_dir
+
+    run = tmp_path / "runs" / "mvot"
+    for d in ("model.old", "model.tmp", "model"):
+        (run / d).mkdir(parents=True)
+        (run / d / "config.json").write_text("{}")
+    assert resolve_model_dir(str(run)) == run / "model"
+    assert resolve_model_dir(str(run / "model")) == run / "model"
+    import shutil
+
+    shutil.rmtree(run / "model")  # killed between the swap's two renames: only the sides are left
+    with pytest.raises(TrackingError, match=r"model\.old: a save cut off midway; train the run again"):
+        resolve_model_dir(str(run))
