@@ -297,11 +297,14 @@ def log_pyfunc_model(model_dir: str | Path, name: str = "model") -> str:
     return info.model_uri
 
 
-def _model_configs(root: Path) -> list[Path]:
-    """Every ``config.json`` under ``root`` but in a folder left aside by a save cut off midway
-    (``<dir>.tmp`` being written, ``<dir>.old`` being replaced: :func:`mvot.data.replace_atomically`)."""
-    return [f for f in sorted(root.rglob("config.json"))
-            if not any(part.endswith((".tmp", ".old")) for part in f.relative_to(root).parts)]
+def _model_configs(root: Path) -> tuple[list[Path], list[Path]]:
+    """The ``config.json`` files under ``root``: those of models, and those in a folder left aside
+    by a save cut off midway (``<dir>.tmp`` being written, ``<dir>.old`` being replaced:
+    :func:`mvot.data.replace_atomically`), which are never taken for a model."""
+    found, aside = [], []
+    for f in sorted(root.rglob("config.json")):
+        (aside if any(part.endswith((".tmp", ".old")) for part in f.relative_to(root).parts) else found).append(f)
+    return found, aside
 
 
 def resolve_model_dir(uri: str, tracking_uri: str | None = None) -> Path:
@@ -311,11 +314,10 @@ def resolve_model_dir(uri: str, tracking_uri: str | None = None) -> Path:
     if p.is_dir():
         if (p / "config.json").is_file():
             return p
-        found = _model_configs(p)
+        found, aside = _model_configs(p)
         if found:
             return found[0].parent
-        aside = [f.parent for f in sorted(p.rglob("config.json")) if f not in found]
-        hint = f" (only {aside[0]}: a save cut off midway; train the run again)" if aside else ""
+        hint = f" (only {aside[0].parent}: a save cut off midway; train the run again)" if aside else ""
         raise TrackingError(f"{uri}: a directory without a model (no config.json){hint}; give models/runs/<run>/model")
     if not uri.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
         raise TrackingError(f"{uri}: neither a model directory nor an MLflow model URI (models:/<name>@champion)")
@@ -328,7 +330,7 @@ def resolve_model_dir(uri: str, tracking_uri: str | None = None) -> Path:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except Exception as exc:  # MlflowException, or a store error for a bad URI
         raise TrackingError(f"{uri}: cannot fetch the model from {tracking_uri} ({str(exc).splitlines()[0]})") from None
-    found = _model_configs(local)
+    found, _ = _model_configs(local)
     if not found:
         raise TrackingError(f"{uri}: the MLflow model holds no mvot model directory")
     return found[0].parent
